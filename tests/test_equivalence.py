@@ -1,0 +1,210 @@
+"""Property tests: our rule table against the real ``bombcell.get_quality_unit_type``.
+
+Hypothesis draws parameter sets (every flag on and off, thresholds moved, NaN thresholds,
+parameters missing as in older bombcell runs) and a seed; numpy then builds a metric table of
+many units around those thresholds, with NaN, +-inf, values exactly at the threshold and empty
+units.  For every table we check, against bombcell itself:
+
+1. the label of every unit;
+2. the verdict of every single criterion on every unit (each criterion isolated in its own
+   bombcell call: all other thresholds set to NaN, which passes every comparison);
+3. that the decisive criteria really decide the label: passing all of them changes bombcell's
+   label, and keeping any one of them failing (all other decisive ones passed) keeps its part of
+   the label.
+"""
+import contextlib
+import io
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+import phy_bc_reason_plugin as pr
+
+with contextlib.redirect_stdout(io.StringIO()):  # bombcell prints on import
+    import bombcell
+    from bombcell.default_parameters import get_default_parameters
+
+
+DEFAULTS = {k: v for k, v in get_default_parameters("/nonexistent", kilosort_version=2).items()
+            if k in pr.CLASSIFICATION_PARAMS or k == "keepUncertainRPVUnits"}
+FLAGS = ("extractRaw", "computeSpatialDecay", "spDecayLinFit", "computeDrift",
+         "computeDistanceMetrics", "splitGoodAndMua_NonSomatic", "keepUncertainRPVUnits")
+THRESHOLDS = tuple(k for k in DEFAULTS if k not in FLAGS)
+METRICS = tuple(dict.fromkeys(r.metric for r in pr.RULES))
+
+
+def bombcell_labels(params, metrics):
+    """bombcell's own string labels, quietly (it prints and warns about filled parameters)."""
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _, labels = bombcell.get_quality_unit_type(dict(params), {k: v.copy() for k, v in metrics.items()})
+    return np.asarray(labels, dtype=object)
+
+
+@st.composite
+def param_sets(draw):
+    params = dict(DEFAULTS)
+    for flag in FLAGS:
+        params[flag] = draw(st.booleans())
+    for key in THRESHOLDS:
+        how = draw(st.sampled_from(["default", "default", "moved", "nan", "zero"]))
+        if how == "moved":
+            params[key] = DEFAULTS[key] * draw(st.sampled_from([0.5, 0.9, 1.1, 2.0, -1.0]))
+        elif how == "nan":
+            params[key] = float("nan")
+        elif how == "zero":
+            params[key] = 0
+    # Older runs lack the parameters bombcell has back-compatibility defaults for.
+    for key in pr.BACKCOMPAT_DEFAULTS:
+        if draw(st.integers(0, 9)) == 0:
+            params.pop(key, None)
+    return params
+
+
+def metric_table(params, seed, n_units):
+    """Metric columns spread around the thresholds, with NaN, inf, exact ties and empty units."""
+    rng = np.random.default_rng(seed)
+    complete, _ = pr.complete_params(params)
+    metrics = {}
+    for metric in METRICS:
+        thresholds = [float(complete[r.param]) for r in pr.RULES if r.metric == metric and r.param]
+        centres = np.array([t for t in thresholds if np.isfinite(t)] or [1.0])
+        centre = rng.choice(centres, n_units)
+        scale = np.where(centre == 0, 1.0, np.abs(centre))
+        values = centre + scale * rng.normal(0, 0.6, n_units)
+        kind = rng.random(n_units)
+        values[kind < 0.05] = np.nan
+        values[(kind >= 0.05) & (kind < 0.07)] = np.inf
+        values[(kind >= 0.07) & (kind < 0.09)] = -np.inf
+        tie = (kind >= 0.09) & (kind < 0.17)  # exactly at a threshold: passes
+        values[tie] = centre[tie]
+        metrics[metric] = values
+    metrics["nPeaks"] = np.where(rng.random(n_units) < 0.1, np.nan, rng.integers(0, 5, n_units))
+    metrics["nTroughs"] = np.where(rng.random(n_units) < 0.05, np.nan, rng.integers(0, 4, n_units))
+    metrics["nSpikes"] = np.where(rng.random(n_units) < 0.08, 0, rng.integers(1, 2000, n_units))
+    metrics["RPV_status"] = rng.choice([-1.0, 0.0, 1.0, np.nan], n_units)
+    return metrics
+
+
+def probe_verdicts(params, metrics, rule_index):
+    """bombcell's verdict on one criterion for every unit, the criterion isolated: all other
+    thresholds NaN (a NaN threshold passes every comparison), and for a shape-route criterion the
+    three others forced to fail, since the shape route only counts when all four fail."""
+    rule = pr.RULES[rule_index]
+    probe = {k: np.asarray(v, dtype=float).copy() for k, v in metrics.items()}
+    p = pr.complete_params(params)[0]
+    for other in pr.RULES:
+        if other.param and other is not rule:
+            p[other.param] = float("nan")
+    if rule.metric != "nPeaks":
+        probe["nPeaks"] = np.zeros(len(probe["nPeaks"]))  # NaN nPeaks alone would make NOISE
+    elif rule.op == ">":
+        probe["nPeaks"] = np.nan_to_num(probe["nPeaks"], nan=-np.inf)  # NaN and -inf both pass ">"
+    if rule.metric != "nSpikes":
+        probe["nSpikes"] = np.full(len(probe["nSpikes"]), np.nan)  # not empty, passes "<"
+    if rule.route == "A":
+        for other in pr.RULES:
+            if other.route == "A" and other is not rule:
+                probe[other.metric] = np.zeros(len(probe[other.metric]))
+                p[other.param] = np.inf if other.op == "<" else -np.inf
+    labels = bombcell_labels(p, probe)
+    expected_on_fail = {"noise": {"NOISE"}, "mua": {"MUA"},
+                        "non-somatic": {"NON-SOMA", "NON-SOMA GOOD"}}[rule.stage]
+    return np.isin(labels, list(expected_on_fail))
+
+
+# A value that passes every enabled rule on a metric, leaving other metrics as they are.
+def _passing_value(metric):
+    ops = {r.op for r in pr.RULES if r.metric == metric}
+    if ops == {"<"}:
+        return np.inf
+    if ops <= {">", "isnan"}:
+        return -np.inf
+    return np.nan
+
+
+def _groups(decisive_rules):
+    """Decisive criteria in groups that decide together: the shape route is one group."""
+    shape = [i for i in decisive_rules if pr.RULES[i].route == "A"]
+    return [[i] for i in decisive_rules if pr.RULES[i].route != "A"] + ([shape] if shape else [])
+
+
+def _part_kept(label, rule, split):
+    """The label a unit keeps when only ``rule``'s part of its label still fails."""
+    if label == "NON-SOMA MUA":
+        return "MUA" if rule.stage == "mua" else "NON-SOMA GOOD"
+    return label
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(params=param_sets(), seed=st.integers(0, 2**32 - 1), n_units=st.integers(1, 120))
+def test_labels_and_criteria_equal_bombcell(params, seed, n_units):
+    metrics = metric_table(params, seed, n_units)
+    complete, _ = pr.complete_params(params)
+    ours = pr.Classification(complete, metrics, np.arange(n_units))
+
+    assert ours.label.tolist() == bombcell_labels(params, metrics).tolist()
+
+    counted = metrics["nSpikes"] != 0  # bombcell says nothing about empty units' nSpikes test
+    for i, rule in enumerate(pr.RULES):
+        verdicts = probe_verdicts(params, metrics, i)
+        if rule.metric == "nSpikes":
+            assert (ours.fails[i] == verdicts)[counted].all(), rule.name
+        else:
+            assert (ours.fails[i] == verdicts).all(), rule.name
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(params=param_sets(), seed=st.integers(0, 2**32 - 1), n_units=st.integers(1, 60))
+def test_decisive_criteria_decide_the_label(params, seed, n_units):
+    metrics = metric_table(params, seed, n_units)
+    complete, _ = pr.complete_params(params)
+    ours = pr.Classification(complete, metrics, np.arange(n_units))
+    for unit in range(n_units):
+        label = ours.label[unit]
+        decisive = np.flatnonzero(ours.decisive[:, unit]).tolist()
+        if label in ("", "GOOD"):
+            assert decisive == []
+            continue
+        assert decisive, (unit, label)
+        one = {k: np.asarray(v, dtype=float)[unit:unit + 1].copy() for k, v in metrics.items()}
+
+        def with_passed(rule_indices, keep=()):
+            row = {k: v.copy() for k, v in one.items()}
+            kept_metrics = {pr.RULES[i].metric for i in keep}
+            for i in rule_indices:
+                if pr.RULES[i].metric not in kept_metrics:
+                    row[pr.RULES[i].metric][:] = _passing_value(pr.RULES[i].metric)
+            return bombcell_labels(params, row)[0]
+
+        assert with_passed(decisive) != label, (unit, label, decisive)
+        for group in _groups(decisive):
+            others = [i for i in decisive if i not in group]
+            assert with_passed(others, keep=group) == _part_kept(label, pr.RULES[group[0]], ours.split), \
+                (unit, label, [pr.RULES[i].name for i in group])
+
+
+@pytest.mark.parametrize("key", pr.CLASSIFICATION_PARAMS)
+def test_missing_parameter_handled_like_bombcell(key):
+    params = dict(DEFAULTS)
+    params.pop(key)
+    metrics = metric_table(DEFAULTS, 0, 50)
+    try:
+        expected = bombcell_labels(params, metrics)
+    except KeyError:
+        with pytest.raises(pr.BombcellReasonError, match=key):
+            pr.complete_params(params)
+        return
+    complete, notes = pr.complete_params(params)
+    assert any(key in note for note in notes)
+    assert pr.Classification(complete, metrics, np.arange(50)).label.tolist() == expected.tolist()
+
+
+def test_backcompat_defaults_are_bombcells():
+    from bombcell import default_parameters as dp
+    assert pr.BACKCOMPAT_DEFAULTS == dp._BACKCOMPAT_DEFAULTS
+    assert set(pr.CLASSIFICATION_PARAMS) == set(dp._CLASSIFICATION_KEYS)
+    assert pr.SHAPE_ROUTE_PARAMS == tuple(dp._NON_SOMATIC_GROUP) or \
+        set(pr.SHAPE_ROUTE_PARAMS) == set(dp._NON_SOMATIC_GROUP)

@@ -21,18 +21,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import phy_bc_reason_plugin as pr
+from bombcell_tables import DEFAULTS, FLAGS, THRESHOLDS, metric_table
 
 with contextlib.redirect_stdout(io.StringIO()):  # bombcell prints on import
     import bombcell
-    from bombcell.default_parameters import get_default_parameters
-
-
-DEFAULTS = {k: v for k, v in get_default_parameters("/nonexistent", kilosort_version=2).items()
-            if k in pr.CLASSIFICATION_PARAMS or k == "keepUncertainRPVUnits"}
-FLAGS = ("extractRaw", "computeSpatialDecay", "spDecayLinFit", "computeDrift",
-         "computeDistanceMetrics", "splitGoodAndMua_NonSomatic", "keepUncertainRPVUnits")
-THRESHOLDS = tuple(k for k in DEFAULTS if k not in FLAGS)
-METRICS = tuple(dict.fromkeys(r.metric for r in pr.RULES))
 
 
 def bombcell_labels(params, metrics):
@@ -61,31 +53,6 @@ def param_sets(draw):
         if draw(st.integers(0, 9)) == 0:
             params.pop(key, None)
     return params
-
-
-def metric_table(params, seed, n_units):
-    """Metric columns spread around the thresholds, with NaN, inf, exact ties and empty units."""
-    rng = np.random.default_rng(seed)
-    complete, _ = pr.complete_params(params)
-    metrics = {}
-    for metric in METRICS:
-        thresholds = [float(complete[r.param]) for r in pr.RULES if r.metric == metric and r.param]
-        centres = np.array([t for t in thresholds if np.isfinite(t)] or [1.0])
-        centre = rng.choice(centres, n_units)
-        scale = np.where(centre == 0, 1.0, np.abs(centre))
-        values = centre + scale * rng.normal(0, 0.6, n_units)
-        kind = rng.random(n_units)
-        values[kind < 0.05] = np.nan
-        values[(kind >= 0.05) & (kind < 0.07)] = np.inf
-        values[(kind >= 0.07) & (kind < 0.09)] = -np.inf
-        tie = (kind >= 0.09) & (kind < 0.17)  # exactly at a threshold: passes
-        values[tie] = centre[tie]
-        metrics[metric] = values
-    metrics["nPeaks"] = np.where(rng.random(n_units) < 0.1, np.nan, rng.integers(0, 5, n_units))
-    metrics["nTroughs"] = np.where(rng.random(n_units) < 0.05, np.nan, rng.integers(0, 4, n_units))
-    metrics["nSpikes"] = np.where(rng.random(n_units) < 0.08, 0, rng.integers(1, 2000, n_units))
-    metrics["RPV_status"] = rng.choice([-1.0, 0.0, 1.0, np.nan], n_units)
-    return metrics
 
 
 def probe_verdicts(params, metrics, rule_index):

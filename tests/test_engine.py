@@ -1,0 +1,330 @@
+"""The reason engine on bombcell result files: outputs, the CLI, and every kind of bad input."""
+import csv
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import phy_bc_reason_plugin as pr
+from bombcell_tables import DEFAULTS, metric_table, write_results
+
+
+def snapshot(folder):
+    """Every file below a folder with its content hash, to prove nothing else was touched."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+
+def run_cli(*args):
+    """The installed console script's code path, in this process."""
+    return pr.main([str(a) for a in args])
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    folder = tmp_path / "réc ording 1"  # spaces and non-ASCII letters in the path
+    folder.mkdir()
+    write_results(folder, n_units=60, seed=3)
+    return folder
+
+
+def read_tsv(path):
+    from phylib.utils._misc import _read_tsv_simple
+    return _read_tsv_simple(path)
+
+
+# -- outputs -------------------------------------------------------------------------------------
+
+def test_export_writes_two_column_tsv_phylib_reads(dataset, capsys):
+    before = snapshot(dataset)
+    assert run_cli("export", dataset) == 0
+    out = capsys.readouterr().out
+    assert "60 units" in out and str(dataset / pr.TSV_NAME) in out
+    field, values = read_tsv(dataset / pr.TSV_NAME)
+    assert field == pr.COLUMN
+    result = pr.classify_dataset(dataset)
+    assert values == result.reason_by_cluster()
+    with open(dataset / pr.TSV_NAME, newline="") as f:
+        assert next(csv.reader(f, delimiter="\t")) == ["cluster_id", pr.COLUMN]
+    after = snapshot(dataset)
+    assert set(after) - set(before) == {pr.TSV_NAME}
+    assert all(after[k] == v for k, v in before.items())  # bombcell's files untouched
+
+
+def test_labels_equal_bombcells_saved_labels(dataset):
+    result = pr.classify_dataset(dataset)
+    assert not result.label_differs.any()
+    assert result.label.tolist() == result.bombcell_label.tolist()
+
+
+def test_reason_text_format(tmp_path):
+    n = 4
+    metrics = {m: np.full(n, np.nan) for m in pr.RULES and {r.metric for r in pr.RULES}}
+    metrics.update(nPeaks=np.array([1.0, 1, 1, 1]), nTroughs=np.ones(n), nSpikes=np.full(n, 1000.0))
+    metrics["fractionRPVs_estimatedTauR"] = np.array([0.23, np.nan, np.nan, np.nan])
+    metrics["mainPeakToTroughRatio"] = np.array([np.nan, np.nan, 1.2, np.nan])
+    metrics["nTroughs"] = np.array([1, 1, 1, 3.0])
+    result = pr.Classification(pr.complete_params(DEFAULTS)[0], metrics, [10, 11, 12, 13])
+    assert result.reason.tolist() == [
+        "MUA: fractionRPVs_estimatedTauR>maxRPVviolations (0.23 > 0.1)",
+        "GOOD: passed all thresholds",
+        "NON-SOMA: [main-peak route] mainPeakToTroughRatio>maxMainPeakToTroughRatio_nonSomatic (1.2 > 0.8)",
+        "NOISE: nTroughs>maxNTroughs (3 > 1)",
+    ]
+
+
+def test_value_printed_apart_from_threshold_it_fails():
+    rule = next(r for r in pr.RULES if r.param == "maxRPVviolations")
+    assert pr.criterion_text(rule, 0.10004, 0.1) == \
+        "fractionRPVs_estimatedTauR>maxRPVviolations (0.10004 > 0.1)"
+
+
+def test_explain_json(dataset, capsys):
+    assert run_cli("explain", dataset, "--json") == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 60
+    objects = [json.loads(line) for line in lines]
+    result = pr.classify_dataset(dataset)
+    for obj in objects:
+        assert isinstance(obj["cluster_id"], int)
+        assert set(obj) == {"cluster_id", "label", "bombcell_label", "reason", "criteria",
+                            "decisive", "notes"}
+        assert len(obj["criteria"]) == len(pr.RULES)
+        for c in obj["criteria"]:
+            assert set(c) == {"stage", "metric", "op", "param", "threshold", "value", "status",
+                              "margin"}
+            assert c["op"] in (">", "<", "isnan") and c["status"] in pr.STATUSES
+            assert (c["param"] is None) == (c["op"] == "isnan")
+        assert all(c["status"] == "fail" for c in obj["decisive"])
+        assert obj["reason"] == result.reason[result.row(obj["cluster_id"])]
+        assert bool(obj["decisive"]) == (obj["label"] not in ("", "GOOD"))
+
+
+def test_explain_one_cluster_text(dataset, capsys):
+    assert run_cli("explain", dataset, "--cluster", 5) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("cluster 5: ")
+    assert out.count("\n  ") >= len(pr.RULES)
+
+
+def test_python_api(dataset):
+    frame = pr.load_reasons(dataset)
+    assert len(frame) == 60
+    assert {"cluster_id", "label", "bombcell_label", "reason", "n_failing"} <= set(frame.columns)
+    assert "fractionRPVs_estimatedTauR>maxRPVviolations.status" in frame.columns
+    assert frame["label"].tolist() == frame["bombcell_label"].tolist()
+    text = pr.explain_cluster(dataset, int(frame.cluster_id[0]))
+    assert text.startswith(f"cluster {frame.cluster_id[0]}: ")
+
+
+def test_rules_table_in_readme():
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    assert pr.rules_markdown() in readme
+
+
+# -- bombcell behaviours explained in notes --------------------------------------------------------
+
+def _one_unit(**values):
+    metrics = {r.metric: np.array([np.nan]) for r in pr.RULES}
+    metrics.update(nPeaks=np.array([1.0]), nTroughs=np.array([1.0]), nSpikes=np.array([1000.0]))
+    metrics.update({k: np.array([v], dtype=float) for k, v in values.items()})
+    return metrics
+
+
+@pytest.mark.parametrize("params, values, label, note", [
+    ({"keepUncertainRPVUnits": True}, dict(fractionRPVs_estimatedTauR=0.5, RPV_status=0),
+     "GOOD", "uncertain"),
+    ({}, dict(nPeaks=np.nan), "NOISE", "fewer than 50 spikes"),
+    ({}, dict(rawAmplitude=np.nan, signalToNoiseRatio=1.0), "GOOD", "skips it where rawAmplitude"),
+    ({}, dict(presenceRatio=-np.inf), "MUA", "does not clean inf"),
+    ({}, dict(nSpikes=0, presenceRatio=0.1), "", "no spikes"),
+    ({}, dict(mainPeakToTroughRatio=2.0, presenceRatio=0.1), "NON-SOMA", "hides MUA failures"),
+    ({}, dict(nTroughs=3, presenceRatio=0.1), "NOISE", "NOISE takes precedence"),
+    ({}, dict(mainTrough_width=1, mainPeak_before_width=1), "GOOD", "2 of 4 shape-route tests"),
+])
+def test_notes(params, values, label, note):
+    result = pr.Classification(pr.complete_params({**DEFAULTS, **params})[0], _one_unit(**values), [7])
+    assert result.label[0] == label
+    assert any(note in n for n in result.unit_notes(0)), result.unit_notes(0)
+
+
+def test_non_soma_mua_names_both_parts():
+    params = pr.complete_params({**DEFAULTS, "splitGoodAndMua_NonSomatic": True})[0]
+    metrics = _one_unit(mainPeakToTroughRatio=2.0, presenceRatio=0.1,
+                        troughToPeak2Ratio=1, mainPeak_before_width=1, mainTrough_width=1,
+                        peak1ToPeak2Ratio=9)
+    result = pr.Classification(params, metrics, [3])
+    assert result.label[0] == "NON-SOMA MUA"
+    reason = result.reason[0]
+    assert reason.startswith("NON-SOMA MUA: presenceRatio<minPresenceRatio (0.1 < 0.7); ")
+    assert "main-peak route" in reason and "shape route" in reason
+    assert [c["metric"] for c in result.explain(3)["decisive"]] == [
+        "presenceRatio", "troughToPeak2Ratio", "mainPeak_before_width", "mainTrough_width",
+        "peak1ToPeak2Ratio", "mainPeakToTroughRatio"]
+
+
+def test_saved_label_that_differs_is_flagged(tmp_path):
+    params, _ = write_results(tmp_path, n_units=20, seed=1)
+    # The user lowered a threshold after bombcell ran and saved the parameters again.
+    pd.DataFrame([{**params, "maxNTroughs": -1}]).to_parquet(
+        tmp_path / "bombcell" / pr.PARAMS_FILE)
+    result = pr.classify_dataset(tmp_path)
+    assert result.label_differs.any()
+    unit = int(np.flatnonzero(result.label_differs)[0])
+    assert "(bombcell saved" in result.reason[unit]
+    assert any("differs" in n for n in result.notes)
+    assert any("saved the label" in n for n in result.unit_notes(unit))
+
+
+def test_saved_labels_from_tsv_when_parquet_has_none(tmp_path):
+    write_results(tmp_path, n_units=10, seed=2, labels=False)
+    result = pr.classify_dataset(tmp_path)
+    assert result.bombcell_label.tolist() == [None] * 10
+    # bombcell writes cluster ids as floats in its TSVs
+    lines = ["cluster_id\tbc_unitType"] + [f"{float(c)}\t{lab}" for c, lab in
+                                           zip(result.cluster_ids, result.label)]
+    (tmp_path / pr.UNIT_TYPE_TSV).write_text("\n".join(lines) + "\n")
+    assert pr.classify_dataset(tmp_path).bombcell_label.tolist() == result.label.tolist()
+
+
+def test_old_params_get_backcompat_defaults(tmp_path):
+    old = {k: v for k, v in DEFAULTS.items() if k not in pr.BACKCOMPAT_DEFAULTS}
+    write_results(tmp_path, params=old, n_units=30, seed=4)
+    result = pr.classify_dataset(tmp_path)
+    assert any("back-compatibility defaults" in n for n in result.notes)
+    assert any("shape route is switched off" in n for n in result.notes)
+    assert result.label.tolist() == result.bombcell_label.tolist()
+
+
+def test_param_keys_with_trailing_space(tmp_path):
+    params = {(k + " " if k in ("maxRPVviolations", "minSNR") else k): v for k, v in DEFAULTS.items()}
+    write_results(tmp_path, params=DEFAULTS, n_units=30, seed=5)
+    pd.DataFrame([params]).to_parquet(tmp_path / "bombcell" / pr.PARAMS_FILE)
+    result = pr.classify_dataset(tmp_path)
+    assert result.params["maxRPVviolations"] == DEFAULTS["maxRPVviolations"]
+    assert result.label.tolist() == result.bombcell_label.tolist()
+
+
+def test_all_nan_metrics_are_noise(tmp_path):
+    metrics = {r.metric: np.full(5, np.nan) for r in pr.RULES}
+    metrics["nSpikes"] = np.array([0, 10, 20, 30, 40.0])
+    write_results(tmp_path, metrics=metrics)
+    result = pr.classify_dataset(tmp_path)
+    assert result.label.tolist() == ["", "NOISE", "NOISE", "NOISE", "NOISE"]
+    assert result.reason[1] == "NOISE: nPeaks is NaN"
+
+
+# -- bad input -------------------------------------------------------------------------------------
+
+def _assert_fails_cleanly(folder, capsys, *words):
+    before = snapshot(folder)
+    assert run_cli("export", folder) != 0
+    err = capsys.readouterr().err
+    line = err.strip().splitlines()[0]
+    assert "Traceback" not in err
+    for word in words:
+        assert word in line, line
+    assert snapshot(folder) == before  # nothing written, nothing changed
+
+
+def test_missing_bombcell_folder(tmp_path, capsys):
+    _assert_fails_cleanly(tmp_path, capsys, "no bombcell results folder", str(tmp_path / "bombcell"))
+
+
+def test_empty_bombcell_folder(tmp_path, capsys):
+    (tmp_path / "bombcell").mkdir()
+    _assert_fails_cleanly(tmp_path, capsys, "empty", "run bombcell")
+
+
+@pytest.mark.parametrize("name", [pr.PARAMS_FILE, pr.METRICS_FILE])
+def test_missing_results_file(dataset, capsys, name):
+    (dataset / "bombcell" / name).unlink()
+    _assert_fails_cleanly(dataset, capsys, name, "missing", "re-run bombcell")
+
+
+@pytest.mark.parametrize("name", [pr.PARAMS_FILE, pr.METRICS_FILE])
+def test_truncated_parquet(dataset, capsys, name):
+    path = dataset / "bombcell" / name
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    _assert_fails_cleanly(dataset, capsys, name, "cannot be read", "re-run bombcell")
+
+
+def test_metric_column_missing(dataset, capsys):
+    path = dataset / "bombcell" / pr.METRICS_FILE
+    pd.read_parquet(path).drop(columns=["presenceRatio"]).to_parquet(path)
+    _assert_fails_cleanly(dataset, capsys, "presenceRatio", "missing", pr.METRICS_FILE)
+
+
+def test_parameter_without_default_missing(dataset, capsys):
+    path = dataset / "bombcell" / pr.PARAMS_FILE
+    pd.read_parquet(path).drop(columns=["maxNPeaks"]).to_parquet(path)
+    _assert_fails_cleanly(dataset, capsys, "maxNPeaks", "re-run bombcell", pr.PARAMS_FILE)
+
+
+def test_old_snake_case_results(tmp_path, capsys):
+    (tmp_path / "bombcell").mkdir()
+    pd.DataFrame([{"max_n_peaks": 2, "max_n_troughs": 1}]).to_parquet(tmp_path / "bombcell" / pr.PARAMS_FILE)
+    pd.DataFrame({"n_peaks": [1.0], "n_spikes": [100.0]}).to_parquet(tmp_path / "bombcell" / pr.METRICS_FILE)
+    _assert_fails_cleanly(tmp_path, capsys, "0.31 or older", "re-run bombcell >= 0.94")
+
+
+def test_tsv_cannot_be_written(dataset, capsys):
+    (dataset / pr.TSV_NAME).mkdir()  # as root, permissions do not stop a write; a folder does
+    before = snapshot(dataset)
+    assert run_cli("export", dataset) != 0
+    err = capsys.readouterr().err
+    assert "cannot be written" in err and "Traceback" not in err
+    assert snapshot(dataset) == before
+    assert not [p for p in dataset.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_phy_clusters_bombcell_does_not_know(dataset, capsys):
+    spike_clusters = np.repeat(np.array([0, 1, 2, 100, 101], dtype=np.int64), 10)
+    np.save(dataset / "spike_clusters.npy", spike_clusters)
+    assert run_cli("export", dataset, "-v") == 0
+    assert "2 phy cluster(s) have no bombcell row" in capsys.readouterr().out
+    _, values = read_tsv(dataset / pr.TSV_NAME)
+    assert values[100].startswith("UNCLASSIFIED: no bombcell row")
+    assert values[0] == pr.classify_dataset(dataset).reason[0]
+
+
+def test_no_shared_clusters_is_an_error(dataset, capsys):
+    np.save(dataset / "spike_clusters.npy", np.arange(500, 510))
+    _assert_fails_cleanly(dataset, capsys, "none of the dataset's 10 clusters")
+
+
+def test_many_folders_go_on_past_a_broken_one(tmp_path, dataset, capsys):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    other = tmp_path / "other"
+    write_results(other, n_units=5, seed=9)
+    assert run_cli("export", dataset, broken, other) == 1
+    captured = capsys.readouterr()
+    assert "[1/3]" in captured.out and "[3/3]" in captured.out and "[2/3]" in captured.err
+    assert "1 of 3 dataset(s) failed" in captured.err
+    assert (dataset / pr.TSV_NAME).exists() and (other / pr.TSV_NAME).exists()
+    assert not (broken / pr.TSV_NAME).exists()
+
+
+def test_params_py_path_accepted(dataset, capsys):
+    (dataset / "params.py").write_text("dat_path = 'x.bin'\n")
+    assert run_cli("export", dataset / "params.py") == 0
+    assert (dataset / pr.TSV_NAME).exists()
+
+
+def test_console_script_runs_without_phy_or_bombcell(dataset):
+    """The CLI imports neither phy nor bombcell (seconds of start-up, and bombcell prints)."""
+    code = ("import sys, phy_bc_reason_plugin as p; rc = p.main(['export', sys.argv[1]]); "
+            "assert not {'phy', 'bombcell'} & set(sys.modules); "
+            "sys.exit(rc)")
+    proc = subprocess.run([sys.executable, "-c", code, str(dataset)], capture_output=True,
+                          text=True, cwd=Path(__file__).parents[1])
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(str(dataset / pr.TSV_NAME))

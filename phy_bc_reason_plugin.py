@@ -171,29 +171,64 @@ def find_bombcell_dir(dataset_dir, bombcell_dir=None):
     return folder
 
 
-def _read_parquet(path):
-    """Columns of a parquet file as numpy arrays, read with pyarrow (pandas costs ~0.5 s more)."""
+def _read_table(path):
+    """A parquet file as a pyarrow Table, or a one-line error naming the file and the fix."""
     import pyarrow.parquet as pq
     if not path.is_file():
         raise BombcellReasonError(
             f"{path}: missing; re-run bombcell on this dataset to write it")
     try:
-        table = pq.read_table(path)
+        # ParquetFile.read, not read_table: the dataset layer behind read_table starts thread
+        # pools that cost ~50 MB and time for a file this small.
+        table = pq.ParquetFile(path).read(use_threads=False)
     except Exception as e:  # truncated or not parquet at all: say so in one line
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise BombcellReasonError(
             f"{path}: cannot be read ({first_line}); re-run bombcell to rewrite it") from None
-    return {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
+    return table
+
+
+def _read_parquet(path):
+    """Columns of a parquet file as numpy arrays (numbers as float64, the rest as objects).
+
+    Read with pyarrow alone, without pandas (see _NUMPY_DTYPES).
+    """
+    table = _read_table(path)
+    columns = {}
+    for name in table.column_names:
+        array = table.column(name).combine_chunks()
+        dtype = _NUMPY_DTYPES.get(str(array.type))
+        if dtype is None:
+            columns[name] = np.array(array.to_pylist(), dtype=object)
+            continue
+        start, stop = array.offset, array.offset + len(array)
+        data = np.frombuffer(array.buffers()[1], dtype=np.uint8 if dtype == "bool" else dtype)
+        if dtype == "bool":  # Arrow packs booleans in bits
+            data = np.unpackbits(data, bitorder="little")
+        values = data[start:stop].astype(np.float64)
+        if array.null_count:
+            valid = np.unpackbits(np.frombuffer(array.buffers()[0], dtype=np.uint8),
+                                  bitorder="little")[start:stop]
+            values[valid == 0] = np.nan
+        columns[name] = values
+    return columns
+
+
+# Arrow type names of the numeric columns bombcell writes, and their numpy dtypes.  Read from
+# the buffers directly because pyarrow's cast/to_numpy import pyarrow.compute and pandas
+# (~0.5 s of start-up together).
+_NUMPY_DTYPES = {**{t: t for t in ("int8", "int16", "int32", "int64",
+                                   "uint8", "uint16", "uint32", "uint64")},
+                 "double": "float64", "float": "float32", "halffloat": "float16", "bool": "bool"}
 
 
 def _read_params(path):
-    columns = _read_parquet(path)
-    if not columns or len(next(iter(columns.values()))) == 0:
+    """The first row of the parameters file, as bombcell's load_bc_results takes it."""
+    table = _read_table(path)
+    if table.num_rows == 0:
         raise BombcellReasonError(f"{path}: holds no parameters; re-run bombcell to rewrite it")
     params = {}
-    for key, values in columns.items():
-        value = values[0]
-        value = value.item() if isinstance(value, np.generic) else value
+    for key, value in table.slice(0, 1).to_pylist()[0].items():
         # Older releases saved some keys with a trailing space ("maxRPVviolations "); the exact
         # key wins where both are present.
         if key.strip() not in params or key == key.strip():
@@ -280,7 +315,8 @@ def evaluate(params, metrics):
             if rule.op == "isnan":
                 fails[i] = np.isnan(value)
             else:
-                thresholds[i] = float(params[rule.param])
+                threshold = params[rule.param]
+                thresholds[i] = np.nan if threshold is None else float(threshold)
                 fails[i] = value > thresholds[i] if rule.op == ">" else value < thresholds[i]
                 status[i, np.isnan(value)] = _NAN
             if rule.skipped_where_nan:
@@ -351,22 +387,24 @@ def decisive_mask(codes, fails):
 # ------------------------------------------------------------------------------------------------
 
 def format_number(x, digits=3):
-    """Short, exponent-free text for a value (integers stay integers, inf and NaN by name)."""
+    """Short, exponent-free text for a value: integers stay integers, inf and NaN by name, others
+    to ``digits`` significant digits (``None``: the shortest text that reads back exactly)."""
     if x is None:
         return "None"
     x = float(x)
-    if np.isnan(x):
+    if x != x:
         return "NaN"
-    if np.isinf(x):
+    if x in (np.inf, -np.inf):
         return "inf" if x > 0 else "-inf"
-    if x == int(x) and abs(x) < 1e9:
+    if x == int(x) and abs(x) < 1e15:
         return str(int(x))
-    return np.format_float_positional(x, precision=digits, unique=True, fractional=False, trim="-")
-
-
-def format_threshold(x):
-    return format_number(x, digits=None) if x is not None and np.isfinite(x) and x != int(x) \
-        else format_number(x)
+    if digits is not None and abs(x) >= 10 ** digits:
+        return str(round(x))
+    text = repr(x) if digits is None else f"{x:.{digits}g}"
+    if "e" in text:  # rare: very small or large values
+        text = np.format_float_positional(x, precision=digits, unique=digits is None,
+                                          fractional=False, trim="-")
+    return text
 
 
 def criterion_text(rule, value, threshold):
@@ -374,7 +412,7 @@ def criterion_text(rule, value, threshold):
     where 3 digits would print it equal to the threshold it fails."""
     if rule.op == "isnan":
         return f"{rule.metric} is NaN"
-    t = format_threshold(threshold)
+    t = format_number(threshold, digits=None)
     v = format_number(value)
     digits = 3
     while v == t and digits < 17 and value != threshold:

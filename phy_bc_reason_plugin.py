@@ -309,14 +309,14 @@ def evaluate(params, metrics):
         for i, rule in enumerate(RULES):
             value = np.asarray(metrics[rule.metric], dtype=float)
             values[i] = value
+            if rule.param and params.get(rule.param) is not None:
+                thresholds[i] = float(params[rule.param])  # shown for disabled rules too
             if not rule_enabled(rule, params):
                 status[i] = _DISABLED
                 continue
             if rule.op == "isnan":
                 fails[i] = np.isnan(value)
             else:
-                threshold = params[rule.param]
-                thresholds[i] = np.nan if threshold is None else float(threshold)
                 fails[i] = value > thresholds[i] if rule.op == ">" else value < thresholds[i]
                 status[i, np.isnan(value)] = _NAN
             if rule.skipped_where_nan:
@@ -617,34 +617,33 @@ def _json_number(x):
 
 
 def format_explanation(info):
-    """Multi-line text for one cluster from ``Classification.explain``: failing criteria first."""
-    lines = [f"cluster {info['cluster_id']}: {info['reason']}"]
+    """Multi-line text for one cluster from ``Classification.explain``: failing criteria first,
+    those that decide the label marked with *."""
     saved = info["bombcell_label"]
-    lines.append(f"  label: {info['label'] or NO_LABEL}   bombcell's saved label: "
-                 f"{saved if saved is not None else 'not saved'}{'' if saved is None else ''}")
-    order = {"fail": 0, "nan": 1, "pass": 2, "disabled": 3}
+    lines = [f"cluster {info['cluster_id']}: {info['reason']}",
+             f"  label: {info['label'] or NO_LABEL}   bombcell's saved label: "
+             f"{(saved or NO_LABEL) if saved is not None else 'not saved'}",
+             f"    {'stage':13} {'criterion: fails when':58} {'value':>9} {'threshold':>10} "
+             f"{'status':8} {'margin':>9}"]
     decisive = {(c["metric"], c["op"], c["param"]) for c in info["decisive"]}
-    rows = sorted(info["criteria"], key=lambda c: order[c["status"]])
-    lines.append(f"  {'':1} {'stage':13} {'criterion':58} {'value':>10} {'op':>5} "
-                 f"{'threshold':>10} {'status':8} {'margin':>9}")
+    order = {"fail": 0, "nan": 1, "pass": 2, "disabled": 3}
+    rows = sorted(info["criteria"], key=lambda c: (
+        order[c["status"]], (c["metric"], c["op"], c["param"]) not in decisive))
     for c in rows:
         mark = "*" if (c["metric"], c["op"], c["param"]) in decisive else " "
         crit = f"{c['metric']} is NaN" if c["op"] == "isnan" else f"{c['metric']}{c['op']}{c['param']}"
-        lines.append(
-            f"  {mark} {c['stage']:13} {crit:58} {_fmt_json(c['value']):>10} {c['op']:>5} "
-            f"{_fmt_json(c['threshold']):>10} {c['status']:8} {_fmt_json(c['margin']):>9}")
-    lines.append("  (* decides the label; margin: distance on the passing side, negative = failing)")
-    for note in info["notes"]:
-        lines.append(f"  note: {note}")
+        value = "NaN" if c["value"] is None else _fmt_json(c["value"])
+        lines.append(f"  {mark} {c['stage']:13} {crit:58} {value:>9} {_fmt_json(c['threshold']):>10} "
+                     f"{c['status']:8} {_fmt_json(c['margin']):>9}")
+    lines.append("  * decides the label.  margin: distance on the passing side (negative: fails)")
+    lines.extend(f"  note: {note}" for note in info["notes"])
     return "\n".join(lines)
 
 
 def _fmt_json(x):
     if x is None:
         return "-"
-    if isinstance(x, str):
-        return x
-    return format_number(x)
+    return x if isinstance(x, str) else format_number(x)
 
 
 def read_saved_labels(dataset_dir, columns, cluster_ids):

@@ -421,10 +421,6 @@ def criterion_text(rule, value, threshold):
     return f"{rule.name} ({v} {rule.op} {t})"
 
 
-def _more(n):
-    return f" +{n} more" if n > 0 else ""
-
-
 # ------------------------------------------------------------------------------------------------
 # Classification of a dataset
 # ------------------------------------------------------------------------------------------------
@@ -463,51 +459,44 @@ class Classification:
         """Row index of a cluster, or None when bombcell has no row for it."""
         return self._row.get(int(cluster_id))
 
-    def _first_decisive(self, mask):
-        """Per unit: index of the first rule of ``mask`` (table order) and how many there are."""
-        return np.argmax(mask, axis=0), mask.sum(axis=0)
+    def _first_decisive_text(self, rules_mask):
+        """Per unit, the first decisive criterion among ``rules_mask`` (table order) as text,
+        with "+N more" for the others; "" where none decides.  Built rule by rule, not unit by
+        unit: only the number formatting touches single units."""
+        mask = self.decisive & rules_mask[:, None]
+        first, count = np.argmax(mask, axis=0), mask.sum(axis=0)
+        texts = np.full(len(self), "", dtype=object)
+        for i in np.unique(first[count > 0]):
+            units = np.flatnonzero((first == i) & (count > 0))
+            texts[units] = [criterion_text(RULES[i], v, self.thresholds[i])
+                            for v in self.values[i, units]]
+        more = count > 1
+        texts[more] += np.char.add(" +", (count[more] - 1).astype(str)).astype(object) + " more"
+        return texts, count > 0
 
     def _reasons(self):
-        n = len(self)
-        mua_first, mua_count = self._first_decisive(self.decisive & IS_MUA[:, None])
-        noise_first, noise_count = self._first_decisive(self.decisive & IS_NOISE[:, None])
-        a_first, _ = self._first_decisive(self.decisive & IS_ROUTE_A[:, None])
-        b_any = (self.decisive & IS_ROUTE_B[:, None]).any(axis=0)
-        a_any = (self.decisive & IS_ROUTE_A[:, None]).any(axis=0)
-        b_index = int(np.flatnonzero(IS_ROUTE_B)[0])
-        reasons = np.empty(n, dtype=object)
+        codes = self.codes
+        noise, _ = self._first_decisive_text(IS_NOISE)
+        mua, _ = self._first_decisive_text(IS_MUA)
+        route_b, has_b = self._first_decisive_text(IS_ROUTE_B)
+        route_a, has_a = self._first_decisive_text(IS_ROUTE_A)
+        non_somatic = np.where(has_b, f"[{ROUTE_NAMES['B']}] " + route_b, "").astype(object)
+        non_somatic[has_a & has_b] += "; "
+        non_somatic[has_a] += f"[{ROUTE_NAMES['A']}] " + route_a[has_a]
 
-        def text(rule_index, unit):
-            return criterion_text(RULES[rule_index], self.values[rule_index, unit],
-                                  self.thresholds[rule_index])
-
-        def non_somatic_text(unit):
-            parts = []
-            if b_any[unit]:
-                parts.append(f"[{ROUTE_NAMES['B']}] {text(b_index, unit)}")
-            if a_any[unit]:
-                parts.append(f"[{ROUTE_NAMES['A']}] {text(a_first[unit], unit)} +3 more")
-            return "; ".join(parts)
-
-        for unit in range(n):
-            code, label = self.codes[unit], self.label[unit]
-            if np.isnan(code):
-                reasons[unit] = f"{NO_LABEL}: unit has no spikes (nSpikes = 0); bombcell leaves it unlabelled"
-            elif code == NOISE:
-                reasons[unit] = (f"NOISE: {text(noise_first[unit], unit)}"
-                                 f"{_more(noise_count[unit] - 1)}")
-            elif code == MUA:
-                reasons[unit] = f"MUA: {text(mua_first[unit], unit)}{_more(mua_count[unit] - 1)}"
-            elif code == GOOD:
-                reasons[unit] = "GOOD: passed all thresholds"
-            elif code == NON_SOMA_MUA:
-                reasons[unit] = (f"NON-SOMA MUA: {text(mua_first[unit], unit)}"
-                                 f"{_more(mua_count[unit] - 1)}; {non_somatic_text(unit)}")
-            else:
-                reasons[unit] = f"{label}: {non_somatic_text(unit)}"
-            if self.label_differs[unit]:
-                saved = self.bombcell_label[unit] or NO_LABEL
-                reasons[unit] += f" (bombcell saved {saved}: results changed since?)"
+        reasons = np.full(len(self), "GOOD: passed all thresholds", dtype=object)
+        reasons[np.isnan(codes)] = (
+            f"{NO_LABEL}: unit has no spikes (nSpikes = 0); bombcell leaves it unlabelled")
+        for code, text in ((NOISE, noise), (MUA, mua)):
+            reasons[codes == code] = self.label[codes == code] + ": " + text[codes == code]
+        is_ns = codes == NON_SOMA
+        reasons[is_ns] = self.label[is_ns] + ": " + non_somatic[is_ns]
+        is_ns_mua = codes == NON_SOMA_MUA
+        reasons[is_ns_mua] = "NON-SOMA MUA: " + mua[is_ns_mua] + "; " + non_somatic[is_ns_mua]
+        differs = self.label_differs
+        if differs.any():
+            saved = np.array([s or NO_LABEL for s in self.bombcell_label[differs]], dtype=object)
+            reasons[differs] += " (bombcell saved " + saved + ": results changed since?)"
         return reasons
 
     def reason_by_cluster(self):

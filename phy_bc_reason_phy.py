@@ -60,13 +60,21 @@ from phy_bc_reason_plugin import (  # noqa: F401  (the engine's contract)
 # ids, whose rows the function looks up again.  Clusters made in an earlier session keep their
 # "merged from"/"split from" text through the TSV, which we read in step 1.
 #
+# Column order: phy orders the views' columns as ``supervisor.columns`` (no saved column order
+# in phy 2.1's native Qt table; its GUI state keeps only the sort and the selection), so on
+# ``controller_ready`` -- after the supervisor exists, before ``create_gui`` builds the tables --
+# we move ``bc_classificationReason`` and ``bc_unitType`` right after ``id``, and leave the raw
+# bombcell metric labels out unless the user chose to show them (see set_show_raw_metrics).
+#
 # Events and APIs used: controller ``controller_ready`` and ``gui_ready``; supervisor ``cluster``
-# (UpdateInfo: description, history, added, deleted, descendants) and ``select``, and
+# (UpdateInfo: description, history, added, descendants) and ``select`` (the dock view), and
 # ``save_clustering`` (connected last=True, so it runs after phy's own ``on_save_clustering``);
-# cluster view ``ready`` (emitted after every table rebuild, to re-hide columns); GUI ``close``;
-# ``controller.cluster_metrics``, ``controller.view_creator``, ``controller.default_views``,
-# ``supervisor.columns``, ``Actions(gui, menu=...)`` with ``alias``/``prompt`` for the ``:bc``
-# snippet, ``gui.state`` (persists the plugin's toggles), ``gui.status_message``.
+# GUI ``close``; view ``close_view``; ``controller.cluster_metrics``, ``controller.view_creator``,
+# ``controller.default_views``, ``supervisor.columns``, ``ClusterView._reset_table`` (what
+# phy's ``Supervisor.label`` uses to add a column), ``Actions(gui, menu=...)`` with
+# ``alias``/``prompt`` for the ``:bc`` snippet, ``gui.state`` (the plugin's toggles, saved in
+# phy's state.json), ``gui.status_message`` and the "phy" logger (phy.log + status bar).
+# Every function phy calls is wrapped: an exception is logged and shown, never raised into phy.
 
 PHY_LOGGER = logging.getLogger("phy.bc_reason")  # a child of "phy": phy.log and the status bar
 PLUGIN_NAME = "BombcellReasonPlugin"
@@ -389,11 +397,16 @@ class _PluginLogic:
         self.show_raw_metrics = False
         self._handlers = []
         self._startup_message = None
+        self._reason_failed = False
+        self.book = ReasonBook(error="bombcell reasons not loaded yet")
         try:
+            self._connect(self._on_controller_ready, "controller_ready", controller)
+            self._connect(self._on_gui_ready, "gui_ready", controller)
             self._attach(controller)
-        except Exception as e:
-            # Still open phy; the column shows the problem if the function got registered.
-            self.book = getattr(self, "book", None) or ReasonBook(error=f"plugin error: {_one_line(e)}")
+        except Exception as e:  # phy opens anyway; the status bar says what went wrong
+            if self.book.ok:
+                self.book = ReasonBook(error=f"plugin error: {_one_line(e)}")
+            self._startup_message = f"bombcell reasons: attaching to phy failed: {_one_line(e)}"
             _report_exception("attaching to phy", e)
 
     def _connect(self, func, event, sender):
@@ -422,9 +435,6 @@ class _PluginLogic:
         if self.book.ok and VIEW_NAME not in controller.default_views:
             controller.default_views = tuple(controller.default_views) + (VIEW_NAME,)
 
-        self._connect(self._on_controller_ready, "controller_ready", controller)
-        self._connect(self._on_gui_ready, "gui_ready", controller)
-
     # -- the column -------------------------------------------------------------------------------
 
     def reason(self, cluster_id):
@@ -432,7 +442,9 @@ class _PluginLogic:
         try:
             return self.book.reason(cluster_id)
         except Exception as e:
-            _report_exception("computing the reason column", e, self.gui)
+            if not self._reason_failed:  # once, not once per row
+                self._reason_failed = True
+                _report_exception("computing the reason column", e, self.gui)
             return unclassified_reason(f"plugin error: {_one_line(e)}")
 
     # -- controller events ------------------------------------------------------------------------

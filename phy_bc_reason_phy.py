@@ -70,7 +70,7 @@ from phy_bc_reason_plugin import (  # noqa: F401  (the engine's contract)
 # (UpdateInfo: description, history, added, descendants) and ``select`` (the dock view), and
 # ``save_clustering`` (connected last=True, so it runs after phy's own ``on_save_clustering``);
 # GUI ``close``; view ``close_view``; ``controller.cluster_metrics``, ``controller.view_creator``,
-# ``controller.default_views``, ``supervisor.columns``, ``ClusterView._reset_table`` (what
+# ``supervisor.columns``, ``ClusterView._reset_table`` (what
 # phy's ``Supervisor.label`` uses to add a column), ``Actions(gui, menu=...)`` with
 # ``alias``/``prompt`` for the ``:bc`` snippet, ``gui.state`` (the plugin's toggles, saved in
 # phy's state.json), ``gui.status_message`` and the "phy" logger (phy.log + status bar).
@@ -280,9 +280,8 @@ _LABEL_COLORS = {"GOOD": "#86d16d", "MUA": "#e0b040", "NOISE": "#a0a0a0", UNCLAS
 _CSS = """
 body { background-color: #000; color: #ddd; font-size: 10pt; }
 h3 { margin: 2px 0 2px 0; }
-td, th { padding: 1px 6px 1px 6px; }
+td, th { padding: 1px 5px 1px 5px; white-space: nowrap; }
 th { color: #aaa; text-align: left; font-weight: normal; }
-.stage td { color: #9cf; font-weight: bold; padding-top: 6px; }
 .dim { color: #888; }
 .num { text-align: right; }
 """
@@ -339,27 +338,30 @@ def _explanation_html(info):
         if c["stage"] not in stages:
             stages.append(c["stage"])
     rows = ["<table cellspacing='0'><tr><th></th><th>criterion</th><th class='num'>value</th>"
-            "<th></th><th class='num'>threshold</th><th>status</th><th class='num'>margin</th></tr>"]
+            "<th></th><th class='num'>limit</th><th>status</th><th class='num'>margin</th></tr>"]
     for stage in sorted(stages, key=lambda s: (min(_STATUS_ORDER[c["status"]] for c in info["criteria"]
                                                    if c["stage"] == s), stages.index(s))):
-        rows.append(f"<tr class='stage'><td colspan='7'>{_esc(_stage_title(stage))}</td></tr>")
+        rows.append(f"<tr><td colspan='7' style='white-space:normal; color:#9cf; font-weight:bold;"
+                    f" padding-top:6px'>{_esc(_stage_title(stage))}</td></tr>")
         crits = [c for c in info["criteria"] if c["stage"] == stage]
         for c in sorted(crits, key=lambda c: _STATUS_ORDER[c["status"]]):
             is_decisive = (c["metric"], c["op"], c["param"]) in decisive
-            name = (f"{c['metric']} is NaN" if c["op"] == "isnan"
-                    else f"{c['metric']} {c['op']} {c['param']}")
             if c["status"] == "fail":
-                style = " style='background-color:#5a1d1d; color:#ffc0c0'"
+                style, dim = " style='background-color:#5a1d1d; color:#ffc0c0'", "#d89090"
             elif c["status"] in ("nan", "disabled"):
-                style = " style='color:#777'"
+                style, dim = " style='color:#777'", "#666"
             else:
-                style = ""
+                style, dim = "", "#888"
+            metric = _esc(c["metric"] + (" is NaN" if c["op"] == "isnan" else ""))
+            name = f"<b>{metric}</b>" if is_decisive else metric
+            if c["param"]:
+                name += f"<br><span style='color:{dim}; font-size:9pt'>{_esc(c['param'])}</span>"
             mark = "&#9733;" if is_decisive else ""
-            name_html = f"<b>{_esc(name)}</b>" if is_decisive else _esc(name)
             op = "" if c["op"] == "isnan" else _esc(c["op"])
             rows.append(
-                f"<tr{style}><td>{mark}</td><td>{name_html}</td><td class='num'>{_fmt(c['value'])}</td>"
-                f"<td>{op}</td><td class='num'>{_fmt(c['threshold'])}</td><td>{c['status']}</td>"
+                f"<tr{style}><td>{mark}</td><td>{name}</td>"
+                f"<td class='num'>{_fmt(c['value'])}</td><td>{op}</td>"
+                f"<td class='num'>{_fmt(c['threshold'])}</td><td>{c['status']}</td>"
                 f"<td class='num'>{_fmt(c['margin'])}</td></tr>")
     rows.append("</table>")
     out.append("".join(rows))
@@ -431,9 +433,9 @@ class _PluginLogic:
         metrics[COLUMN] = self.reason
         metrics.update(others)
 
+        # In View > Add view.  Shown by default: added once in _on_gui_ready (phy's first start
+        # copies its own default state.json, whose view_count would ignore default_views).
         controller.view_creator[VIEW_NAME] = self._create_view
-        if self.book.ok and VIEW_NAME not in controller.default_views:
-            controller.default_views = tuple(controller.default_views) + (VIEW_NAME,)
 
     # -- the column -------------------------------------------------------------------------------
 

@@ -218,8 +218,9 @@ def test_view_follows_the_selection(phy, dataset):
     # Failing criteria come first, and are highlighted.
     html = controller.bombcell_reason.selection_html([cluster_id])
 
-    def where(k):
-        return html.find(escape(f"{k['metric']} {k['op']} {k['param']}", quote=False))
+    def where(k):  # rows show the metric, then its threshold parameter (unique per criterion)
+        return html.find(f">{escape(k['param'] or '', quote=False)}</span>") if k["param"] \
+            else html.find(f"{k['metric']} is NaN")
 
     first_fail = min(where(k) for k in info["criteria"] if k["status"] == "fail")
     passes = [where(k) for k in info["criteria"] if k["status"] == "pass"]

@@ -17,16 +17,14 @@ import logging
 import sys
 from pathlib import Path
 
-from phy_bc_reason_plugin import (  # noqa: F401  (the engine's contract)
+from phy_bc_reason_plugin import (  # the engine's contract
     COLUMN,
     NO_LABEL,
     ROUTE_NAMES,
-    RULES,
     TSV_NAME,
     UNCLASSIFIED,
     BombcellReasonError,
     classify_dataset,
-    dataset_path,
     label_counts,
     unclassified_reason,
     write_reason_tsv,
@@ -119,7 +117,8 @@ def _report_exception(what, error, gui=None):
     message = f"bombcell reasons: {what} failed: {_one_line(error)}"
     try:
         PHY_LOGGER.error(message)
-        PHY_LOGGER.debug("".join(traceback.format_exception(type(error), error, error.__traceback__)))
+        PHY_LOGGER.debug("".join(traceback.format_exception(type(error), error,
+                                                            error.__traceback__)))
         if gui is not None:
             gui.status_message = message
     except Exception:  # the report itself must not raise into phy either
@@ -339,8 +338,9 @@ def _explanation_html(info):
             stages.append(c["stage"])
     rows = ["<table cellspacing='0'><tr><th></th><th>criterion</th><th class='num'>value</th>"
             "<th></th><th class='num'>limit</th><th>status</th><th class='num'>margin</th></tr>"]
-    for stage in sorted(stages, key=lambda s: (min(_STATUS_ORDER[c["status"]] for c in info["criteria"]
-                                                   if c["stage"] == s), stages.index(s))):
+    worst = {s: min(_STATUS_ORDER[c["status"]] for c in info["criteria"] if c["stage"] == s)
+             for s in stages}
+    for stage in sorted(stages, key=lambda s: (worst[s], stages.index(s))):
         rows.append(f"<tr><td colspan='7' style='white-space:normal; color:#9cf; font-weight:bold;"
                     f" padding-top:6px'>{_esc(_stage_title(stage))}</td></tr>")
         crits = [c for c in info["criteria"] if c["stage"] == stage]
@@ -397,7 +397,6 @@ class _PluginLogic:
         self.gui = None
         self.view = None
         self.show_raw_metrics = False
-        self._handlers = []
         self._startup_message = None
         self._reason_failed = False
         self.book = ReasonBook(error="bombcell reasons not loaded yet")
@@ -414,7 +413,6 @@ class _PluginLogic:
     def _connect(self, func, event, sender):
         from phylib.utils import connect
         connect(func, event=event, sender=sender, last=event == "save_clustering")
-        self._handlers.append(func)
 
     def _attach(self, controller):
         self.dataset_dir = Path(controller.dir_path)
@@ -517,7 +515,8 @@ class _PluginLogic:
             return f"bombcell reasons unavailable ({UNCLASSIFIED}): {book.error}"
         counts = label_counts(book.classification.label)
         text = ", ".join(f"{k} {v}" for k, v in counts.items())
-        return f"bombcell reasons: {len(book.classification)} units ({text}) from {book.classification.source}"
+        source = book.classification.source
+        return f"bombcell reasons: {len(book.classification)} units ({text}) from {source}"
 
     def _cluster_ids(self):
         return self.controller.supervisor.clustering.cluster_ids

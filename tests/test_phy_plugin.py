@@ -68,7 +68,7 @@ class Phy:
         from phylib.io.model import get_template_params
         from phylib.utils import connect
 
-        bcp.BombcellReasonPlugin  # defines and registers the class with phy
+        assert bcp.BombcellReasonPlugin  # defines and registers the class with phy
         Debouncer.delay = 1
         controller = TemplateController(
             config_dir=self.config_dir, plugins=list(plugins), clear_cache=clear_cache,

@@ -653,20 +653,10 @@ def open_phy(dataset_dir):
     from phy.apps.template import template_gui
     from phy.utils.config import load_master_config
 
-    plugins = []
-    name = None
-    for module in ("phy_bc_reason_plugin", "phy_bc_reason_phy"):  # the latter: a draft of it
-        try:
-            name = __import__(module).BombcellReasonPlugin.__name__  # defines, registers it
-            break
-        except Exception:  # not written yet, or its phy part failed to build
-            continue
-    if name is None:
-        print("no BombcellReasonPlugin found; opening phy without it", file=sys.stderr)
-    else:
-        configured = load_master_config().get("TemplateGUI", {}).get("plugins", [])
-        if name not in configured:  # phy attaches configured plugins itself: not twice
-            plugins = [name]
+    import phy_bc_reason_plugin
+    name = phy_bc_reason_plugin.BombcellReasonPlugin.__name__  # defines and registers it
+    configured = load_master_config().get("TemplateGUI", {}).get("plugins", [])
+    plugins = [] if name in configured else [name]  # phy attaches configured plugins itself
     template_gui(str(Path(dataset_dir) / "params.py"), plugins=plugins)
 
 

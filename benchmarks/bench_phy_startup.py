@@ -202,7 +202,7 @@ def main(argv=None):
     parser.add_argument("--workdir", default=tempfile.gettempdir(),
                         help="where the generated dataset is kept between runs")
     parser.add_argument("--module", default="phy_bc_reason_plugin",
-                        help="module holding BombcellReasonPlugin (phy_bc_reason_phy: the draft)")
+                        help="module holding BombcellReasonPlugin")
     args = parser.parse_args(argv)
     dataset = Path(args.dataset) if args.dataset else make_dataset(args.workdir, args.units)
 

@@ -12,7 +12,7 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-import phy_bc_reason_phy as bcp  # noqa: E402
+import phy_bc_reason_plugin as bcp  # noqa: E402
 import phy_bc_reason_plugin as pr  # noqa: E402
 
 pytestmark = pytest.mark.gui
@@ -534,7 +534,7 @@ def test_installed_config_attaches_the_plugin(phy, dataset):
 def test_module_does_not_import_phy():
     import subprocess
     import sys
-    code = ("import sys, phy_bc_reason_phy as m; assert 'phy' not in sys.modules; "
+    code = ("import sys, phy_bc_reason_plugin as m; assert 'phy' not in sys.modules; "
             "assert 'PyQt5' not in sys.modules; print('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=Path(bcp.__file__).parent)

@@ -328,3 +328,15 @@ def test_console_script_runs_without_phy_or_bombcell(dataset):
                           text=True, cwd=Path(__file__).parents[1])
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith(str(dataset / pr.TSV_NAME))
+
+
+def test_export_keeps_merge_and_split_texts_the_plugin_recorded(dataset):
+    np.save(dataset / "spike_clusters.npy", np.repeat(np.array([0, 1, 100, 101, 102]), 10))
+    merged = "UNCLASSIFIED: merged from 3, 4 after bombcell ran; re-run bombcell"
+    (dataset / pr.TSV_NAME).write_text(
+        f"cluster_id\t{pr.COLUMN}\n0\tstale text\n100\t{merged}\n101\tsomething else\n")
+    assert run_cli("export", dataset) == 0
+    _, values = read_tsv(dataset / pr.TSV_NAME)
+    assert values[100] == merged
+    assert values[101] == values[102] == pr.NO_ROW_REASON
+    assert values[0] == pr.classify_dataset(dataset).reason[0]

@@ -146,6 +146,7 @@ CLASSIFICATION_PARAMS = tuple(dict.fromkeys(
 _SNAKE_CASE_MARKERS = ("n_peaks", "n_troughs", "max_n_peaks", "max_n_troughs", "min_num_spikes")
 
 STATUSES = ("pass", "fail", "nan", "disabled")
+STATUS_ORDER = {"fail": 0, "nan": 1, "pass": 2, "disabled": 3}  # how explanations list criteria
 _PASS, _FAIL, _NAN, _DISABLED = range(4)
 
 
@@ -616,9 +617,8 @@ def format_explanation(info):
              f"    {'stage':13} {'criterion: fails when':58} {'value':>9} {'threshold':>10} "
              f"{'status':8} {'margin':>9}"]
     decisive = {(c["metric"], c["op"], c["param"]) for c in info["decisive"]}
-    order = {"fail": 0, "nan": 1, "pass": 2, "disabled": 3}
     rows = sorted(info["criteria"], key=lambda c: (
-        order[c["status"]], (c["metric"], c["op"], c["param"]) not in decisive))
+        STATUS_ORDER[c["status"]], (c["metric"], c["op"], c["param"]) not in decisive))
     for c in rows:
         mark = "*" if (c["metric"], c["op"], c["param"]) in decisive else " "
         crit = f"{c['metric']} is NaN" if c["op"] == "isnan" else f"{c['metric']}{c['op']}{c['param']}"
@@ -1249,7 +1249,6 @@ class ReasonBook:
 # -- HTML (QTextBrowser's rich-text subset: tables, inline styles, no CSS selectors on classes
 #    beyond the document stylesheet) ----------------------------------------------------------
 
-_STATUS_ORDER = {"fail": 0, "nan": 1, "pass": 2, "disabled": 3}
 _LABEL_COLORS = {"GOOD": "#86d16d", "MUA": "#e0b040", "NOISE": "#a0a0a0", UNCLASSIFIED: "#e07070"}
 _CSS = """
 body { background-color: #000; color: #ddd; font-size: 10pt; }
@@ -1279,14 +1278,7 @@ def _label_color(label):
 
 
 def _fmt(x):
-    if x is None:
-        return "&ndash;"
-    if isinstance(x, str):
-        return _esc(x)
-    x = float(x)
-    if x == int(x) and abs(x) < 1e9:
-        return str(int(x))
-    return f"{x:.4g}"
+    return "&ndash;" if x is None else _esc(_fmt_json(x))
 
 
 def _stage_title(stage):
@@ -1313,13 +1305,13 @@ def _explanation_html(info):
             stages.append(c["stage"])
     rows = ["<table cellspacing='0'><tr><th></th><th>criterion</th><th class='num'>value</th>"
             "<th></th><th class='num'>limit</th><th>status</th><th class='num'>margin</th></tr>"]
-    worst = {s: min(_STATUS_ORDER[c["status"]] for c in info["criteria"] if c["stage"] == s)
+    worst = {s: min(STATUS_ORDER[c["status"]] for c in info["criteria"] if c["stage"] == s)
              for s in stages}
     for stage in sorted(stages, key=lambda s: (worst[s], stages.index(s))):
         rows.append(f"<tr><td colspan='7' style='white-space:normal; color:#9cf; font-weight:bold;"
                     f" padding-top:6px'>{_esc(_stage_title(stage))}</td></tr>")
         crits = [c for c in info["criteria"] if c["stage"] == stage]
-        for c in sorted(crits, key=lambda c: _STATUS_ORDER[c["status"]]):
+        for c in sorted(crits, key=lambda c: STATUS_ORDER[c["status"]]):
             is_decisive = (c["metric"], c["op"], c["param"]) in decisive
             if c["status"] == "fail":
                 style, dim = " style='background-color:#5a1d1d; color:#ffc0c0'", "#d89090"
@@ -1335,7 +1327,7 @@ def _explanation_html(info):
             op = "" if c["op"] == "isnan" else _esc(c["op"])
             rows.append(
                 f"<tr{style}><td>{mark}</td><td>{name}</td>"
-                f"<td class='num'>{_fmt(c['value'])}</td><td>{op}</td>"
+                f"<td class='num'>{'NaN' if c['value'] is None else _fmt(c['value'])}</td><td>{op}</td>"
                 f"<td class='num'>{_fmt(c['threshold'])}</td><td>{c['status']}</td>"
                 f"<td class='num'>{_fmt(c['margin'])}</td></tr>")
     rows.append("</table>")

@@ -340,3 +340,12 @@ def test_export_keeps_merge_and_split_texts_the_plugin_recorded(dataset):
     assert values[100] == merged
     assert values[101] == values[102] == pr.NO_ROW_REASON
     assert values[0] == pr.classify_dataset(dataset).reason[0]
+
+
+def test_install_command(tmp_path, capsys):
+    config_dir = tmp_path / "dot phy"
+    assert run_cli("install", "--config-dir", config_dir) == 0
+    assert "enabled BombcellReasonPlugin" in capsys.readouterr().out
+    assert run_cli("install", "--config-dir", config_dir) == 0
+    assert "already enabled" in capsys.readouterr().out
+    assert "import phy_bc_reason_plugin" in (config_dir / "phy_config.py").read_text()

@@ -104,10 +104,11 @@ RULES = (
     Rule("non-somatic", "mainPeakToTroughRatio", ">", "maxMainPeakToTroughRatio_nonSomatic", route="B"),
 )
 
-ROUTE_NAMES = {
+ROUTE_NAMES = {  # in the criteria view
     "A": "shape route: all 4 width/ratio tests fail",
     "B": "main-peak route",
 }
+ROUTE_TAGS = {"A": "(shape, all 4 fail)", "B": "(main peak)"}  # in the column: it must stay short
 
 # Labels by bombcell's numeric unit type; 3 reads "NON-SOMA GOOD" in split mode.
 NOISE, GOOD, MUA, NON_SOMA, NON_SOMA_MUA = 0, 1, 2, 3, 4
@@ -389,8 +390,8 @@ def decisive_mask(codes, fails):
 # ------------------------------------------------------------------------------------------------
 
 def format_number(x, digits=3):
-    """Short, exponent-free text for a value: integers stay integers, inf and NaN by name, others
-    to ``digits`` significant digits (``None``: the shortest text that reads back exactly)."""
+    """Short text for a value: integers stay integers, large values are rounded, inf and NaN by
+    name, others to ``digits`` significant digits (``None``: the shortest exact text)."""
     if x is None:
         return "None"
     x = float(x)
@@ -402,11 +403,7 @@ def format_number(x, digits=3):
         return str(int(x))
     if digits is not None and abs(x) >= 10 ** digits:
         return str(round(x))
-    text = repr(x) if digits is None else f"{x:.{digits}g}"
-    if "e" in text:  # rare: very small or large values
-        text = np.format_float_positional(x, precision=digits, unique=digits is None,
-                                          fractional=False, trim="-")
-    return text
+    return repr(x) if digits is None else f"{x:.{digits}g}"  # tiny values keep their exponent
 
 
 def criterion_text(rule, value, threshold):
@@ -482,9 +479,9 @@ class Classification:
         mua, _ = self._first_decisive_text(IS_MUA)
         route_b, has_b = self._first_decisive_text(IS_ROUTE_B)
         route_a, has_a = self._first_decisive_text(IS_ROUTE_A)
-        non_somatic = np.where(has_b, f"[{ROUTE_NAMES['B']}] " + route_b, "").astype(object)
+        non_somatic = np.where(has_b, f"{ROUTE_TAGS['B']} " + route_b, "").astype(object)
         non_somatic[has_a & has_b] += "; "
-        non_somatic[has_a] += f"[{ROUTE_NAMES['A']}] " + route_a[has_a]
+        non_somatic[has_a] += f"{ROUTE_TAGS['A']} " + route_a[has_a]
 
         reasons = np.full(len(self), "GOOD: passed all thresholds", dtype=object)
         reasons[np.isnan(codes)] = (

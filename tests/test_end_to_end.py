@@ -45,9 +45,9 @@ def test_reasons_on_a_real_run(demo_dataset):
     for label, reason in zip(result.label, result.reason):
         assert reason.startswith(f"{label}: " if label else pr.NO_LABEL)
     non_soma = result.label == "NON-SOMA"
-    routes = {route for reason in result.reason[non_soma] for route in pr.ROUTE_NAMES.values()
+    routes = {route for reason in result.reason[non_soma] for route in pr.ROUTE_TAGS.values()
               if route in reason}
-    assert routes == set(pr.ROUTE_NAMES.values())  # the demo hits both non-somatic routes
+    assert routes == set(pr.ROUTE_TAGS.values())  # the demo hits both non-somatic routes
     decided = {pr.RULES[i].name for i in np.flatnonzero(result.decisive[:, result.label == "MUA"]
                                                        .any(axis=1))}
     assert len(decided) >= 3  # several different MUA criteria

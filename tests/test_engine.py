@@ -75,7 +75,7 @@ def test_reason_text_format(tmp_path):
     assert result.reason.tolist() == [
         "MUA: fractionRPVs_estimatedTauR>maxRPVviolations (0.23 > 0.1)",
         "GOOD: passed all thresholds",
-        "NON-SOMA: [main-peak route] mainPeakToTroughRatio>maxMainPeakToTroughRatio_nonSomatic (1.2 > 0.8)",
+        "NON-SOMA: (main peak) mainPeakToTroughRatio>maxMainPeakToTroughRatio_nonSomatic (1.2 > 0.8)",
         "NOISE: nTroughs>maxNTroughs (3 > 1)",
     ]
 
@@ -164,7 +164,7 @@ def test_non_soma_mua_names_both_parts():
     assert result.label[0] == "NON-SOMA MUA"
     reason = result.reason[0]
     assert reason.startswith("NON-SOMA MUA: presenceRatio<minPresenceRatio (0.1 < 0.7); ")
-    assert "main-peak route" in reason and "shape route" in reason
+    assert "(main peak) mainPeakToTroughRatio" in reason and "(shape, all 4 fail) " in reason
     assert [c["metric"] for c in result.explain(3)["decisive"]] == [
         "presenceRatio", "troughToPeak2Ratio", "mainPeak_before_width", "mainTrough_width",
         "peak1ToPeak2Ratio", "mainPeakToTroughRatio"]

@@ -174,6 +174,12 @@ def find_bombcell_dir(dataset_dir, bombcell_dir=None):
     return folder
 
 
+def _one_line(error):
+    """An exception as one line of text."""
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0]
+
+
 def _read_table(path):
     """A parquet file as a pyarrow Table, or a one-line error naming the file and the fix."""
     import pyarrow.parquet as pq
@@ -185,9 +191,8 @@ def _read_table(path):
         # pools that cost ~50 MB and time for a file this small.
         table = pq.ParquetFile(path).read(use_threads=False)
     except Exception as e:  # truncated or not parquet at all: say so in one line
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise BombcellReasonError(
-            f"{path}: cannot be read ({first_line}); re-run bombcell to rewrite it") from None
+            f"{path}: cannot be read ({_one_line(e)}); re-run bombcell to rewrite it") from None
     return table
 
 
@@ -442,8 +447,8 @@ class Classification:
         self.decisive = decisive_mask(self.codes, self.fails)
         self.bombcell_label = (np.asarray(bombcell_label, dtype=object) if bombcell_label is not None
                                else np.full(len(self.cluster_ids), None, dtype=object))
-        self.label_differs = np.array(
-            [s is not None and s != c for s, c in zip(self.bombcell_label, self.label)], dtype=bool)
+        saved = self.bombcell_label
+        self.label_differs = np.not_equal(saved, None) & (saved != self.label)
         self._row = {int(c): i for i, c in enumerate(self.cluster_ids)}
         self.reason = self._reasons()
 
@@ -633,6 +638,15 @@ def _fmt_json(x):
     return x if isinstance(x, str) else format_number(x)
 
 
+def read_cluster_tsv(path):
+    """A two-column ``cluster_id``/value TSV as {cluster_id: text}.  Ids may be written as floats
+    ("12.0"), as bombcell does.  Raises OSError or ValueError (UnicodeDecodeError included)."""
+    import csv
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f, delimiter="\t"))[1:]
+    return {int(float(row[0])): row[1] for row in rows if len(row) >= 2}
+
+
 def read_saved_labels(dataset_dir, columns, cluster_ids):
     """bombcell's own label per unit: ``bc_unitType`` in the metrics parquet (bombcell >= 0.83),
     else cluster_bc_unitType.tsv.  Returns (labels or None, source description)."""
@@ -642,17 +656,9 @@ def read_saved_labels(dataset_dir, columns, cluster_ids):
     tsv = dataset_dir / UNIT_TYPE_TSV
     if not tsv.is_file():
         return None, "not saved"
-    import csv
-    saved = {}
     try:
-        with tsv.open(newline="", encoding="utf-8") as f:
-            reader = csv.reader(f, delimiter="\t")
-            next(reader)
-            for row in reader:
-                if len(row) >= 2:
-                    # bombcell writes ids as floats ("12.0")
-                    saved[int(float(row[0]))] = row[1]
-    except (OSError, ValueError, StopIteration, UnicodeDecodeError) as e:
+        saved = read_cluster_tsv(tsv)
+    except (OSError, ValueError) as e:
         logger.warning("%s: unreadable (%s), saved labels ignored", tsv, e)
         return None, "not saved"
     labels = np.array([saved.get(int(c)) for c in cluster_ids], dtype=object)
@@ -779,16 +785,23 @@ NO_ROW_REASON = unclassified_reason("no bombcell row for this cluster; re-run bo
 ORIGIN_PREFIXES = (f"{UNCLASSIFIED}: merged from ", f"{UNCLASSIFIED}: split from ")
 
 
-def read_reason_tsv(dataset_dir):
-    """Our TSV as {cluster_id: text}, {} when missing or unreadable (it is ours to rewrite)."""
-    import csv
-    path = dataset_path(dataset_dir) / TSV_NAME
-    try:
-        with path.open(newline="", encoding="ascii", errors="replace") as f:
-            rows = list(csv.reader(f, delimiter="\t"))[1:]
-        return {int(row[0]): row[1] for row in rows if len(row) >= 2}
-    except (OSError, ValueError):
-        return {}
+def recorded_origins(previous, classified):
+    """From an earlier column ({cluster_id: text}), the merge/split texts of clusters bombcell has
+    no row for: what the plugin recorded when they were made in phy after bombcell ran."""
+    origins = {}
+    for cluster_id, text in (previous or {}).items():
+        try:
+            cluster_id = int(cluster_id)
+        except (TypeError, ValueError):
+            continue
+        if cluster_id not in classified and isinstance(text, str) and text.startswith(ORIGIN_PREFIXES):
+            origins[cluster_id] = text
+    return origins
+
+
+def foreign_results_message(source, n_clusters):
+    return (f"{source}: none of the dataset's {n_clusters} clusters has a bombcell row; these "
+            f"results belong to another dataset, or re-run bombcell on this one")
 
 
 def dataset_reasons(dataset_dir, bombcell_dir=None):
@@ -801,14 +814,18 @@ def dataset_reasons(dataset_dir, bombcell_dir=None):
     if phy_ids is not None:
         unknown = np.setdiff1d(phy_ids, result.cluster_ids)
         if len(unknown) and len(unknown) == len(phy_ids):
-            raise BombcellReasonError(
-                f"{result.source}: none of the dataset's {len(phy_ids)} clusters has a bombcell row; "
-                f"these results belong to another dataset, or re-run bombcell on this one")
-        # Keep what the plugin recorded about clusters merged or split in phy after bombcell ran.
-        previous = read_reason_tsv(dataset_dir) if len(unknown) else {}
+            raise BombcellReasonError(foreign_results_message(result.source, len(phy_ids)))
+        # Keep what the plugin recorded about clusters merged or split in phy after bombcell ran
+        # (our own TSV: unreadable means nothing recorded).
+        origins = {}
+        if len(unknown):
+            try:
+                origins = recorded_origins(read_cluster_tsv(dataset_path(dataset_dir) / TSV_NAME),
+                                           reasons)
+            except (OSError, ValueError):
+                pass
         for cluster_id in unknown.tolist():
-            text = previous.get(cluster_id, "")
-            reasons[cluster_id] = text if text.startswith(ORIGIN_PREFIXES) else NO_ROW_REASON
+            reasons[cluster_id] = origins.get(cluster_id, NO_ROW_REASON)
         if len(unknown):
             notes.append(f"{len(unknown)} phy cluster(s) have no bombcell row: marked {UNCLASSIFIED}")
     return result, reasons, notes
@@ -1078,11 +1095,6 @@ def split_reason(parents):
     return unclassified_reason(f"split from {_ids_text(parents)} after bombcell ran; re-run bombcell")
 
 
-def _one_line(error):
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0]
-
-
 def _report_exception(what, error, gui=None):
     """An exception in the plugin: one line to phy.log and the status bar, traceback to phy.log."""
     import traceback
@@ -1127,16 +1139,9 @@ class ReasonBook:
         self.classification = classification
         self.error = error
         self._base = classification.reason_by_cluster() if classification is not None else {}
-        self._origin = {}  # cluster id made after bombcell ran -> its UNCLASSIFIED text
+        # cluster id made after bombcell ran -> its UNCLASSIFIED text
+        self._origin = recorded_origins(previous, self._base)
         self._html = {}  # cluster id -> cached HTML of the dock view
-        for cluster_id, text in (previous or {}).items():
-            try:
-                cluster_id = int(cluster_id)
-            except (TypeError, ValueError):
-                continue
-            if (cluster_id not in self._base and isinstance(text, str)
-                    and text.startswith(ORIGIN_PREFIXES)):
-                self._origin[cluster_id] = text
 
     @classmethod
     def load(cls, dataset_dir, previous=None):
@@ -1173,9 +1178,7 @@ class ReasonBook:
             self._origin = {c: t for c, t in self._origin.items() if c in existing}
         if (self.ok and self.classification is not None and cluster_ids
                 and not any(c in self._base for c in cluster_ids)):
-            self.error = (f"{self.classification.source}: none of the dataset's {len(cluster_ids)} "
-                          f"clusters has a bombcell row; these results belong to another dataset, "
-                          f"or re-run bombcell on this one")
+            self.error = foreign_results_message(self.classification.source, len(cluster_ids))
             self._html.clear()
 
     def reason(self, cluster_id):

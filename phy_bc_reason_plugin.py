@@ -35,6 +35,7 @@ TSV_NAME = f"cluster_{COLUMN}.tsv"
 BOMBCELL_DIRNAME = "bombcell"
 PARAMS_FILE = "_bc_parameters._bc_qMetrics.parquet"
 METRICS_FILE = "templates._bc_qMetrics.parquet"
+# bombcell 0.94 also writes both as CSV (same names, .csv): read where pyarrow is missing.
 UNIT_TYPE_TSV = "cluster_bc_unitType.tsv"
 
 UNCLASSIFIED = "UNCLASSIFIED"
@@ -146,9 +147,48 @@ CLASSIFICATION_PARAMS = tuple(dict.fromkeys(
 # A few bombcell <= 0.31 snake_case names, to recognise such results and say so.
 _SNAKE_CASE_MARKERS = ("n_peaks", "n_troughs", "max_n_peaks", "max_n_troughs", "min_num_spikes")
 
-STATUSES = ("pass", "fail", "nan", "disabled")
-STATUS_ORDER = {"fail": 0, "nan": 1, "pass": 2, "disabled": 3}  # how explanations list criteria
-_PASS, _FAIL, _NAN, _DISABLED = range(4)
+# "kept": a failure bombcell forgives (keepUncertainRPVUnits and RPV_status == 0).  A criterion's
+# margin is the distance on the passing side: never negative for "pass", never positive for "fail".
+STATUSES = ("pass", "fail", "nan", "disabled", "kept")
+STATUS_ORDER = {"fail": 0, "kept": 1, "nan": 2, "pass": 3, "disabled": 4}  # how explanations list criteria
+_PASS, _FAIL, _NAN, _DISABLED, _KEPT = range(5)
+
+# Every parameter and metric column bombcell 0.94 writes (get_default_parameters for every
+# Kilosort version, what run_bombcell adds, check_parameter_fields' spikeWidth/standardSpikeWidth;
+# tests check this against a real run).  Other names mean a newer bombcell wrote the results.
+_KNOWN_094_NAMES = frozenset("""
+    computeDistanceMetrics computeDrift computeSpatialDecay computeTimeChunks confidence_threshold
+    contamination_values decompress_data deltaTimeChunk detrendForUnitMatch detrendWaveform
+    driftBinSize duplicateSpikeWindow_s ephysKilosortPath ephys_meta_file ephys_sample_rate
+    extractRaw gain_to_uV hillOrLlobetMethod isoDmin joblib_backend_preference joblib_n_jobs
+    keepUncertainRPVUnits lratioMax maxDrift maxMainPeakToTroughRatio_nonSomatic maxNPeaks
+    maxNTroughs maxPeak1ToPeak2Ratio_nonSomatic maxPercSpikesMissing maxRPVviolations
+    maxScndPeakToTroughRatio_noise maxSpatialDecaySlopeExp maxWvBaselineFraction maxWvDuration
+    minAmplitude minNumSpikes minPresenceRatio minSNR minSpatialDecaySlope minSpatialDecaySlopeExp
+    minThreshDetectPeaksTroughs minTroughToPeak2Ratio_nonSomatic minWidthFirstPeak_nonSomatic
+    minWidthMainTrough_nonSomatic minWvDuration nChannels nChannelsIsoDist nRawSpikesToExtract
+    nSyncChannels n_channels_rec normalizeSpDecay plotDetails plotGlobal plotsSaveDir
+    presenceRatioBinSize probeType raw_data_file recomputeDuplicateSpikes reextractRaw
+    removeDuplicateSpikes rpv_method saveAsTSV savePlots saveSpikes_withoutDuplicates spDecayLinFit
+    spikeWidth spike_width splitGoodAndMua_NonSomatic ss_min standardSpikeWidth tauC tauR_reject
+    tauR_values tauR_valuesMax tauR_valuesMin tauR_valuesStep unit_type_for_phy verbose
+    waveformBaselineNoiseWindow waveform_baseline_window_start waveform_baseline_window_stop
+    saveMultipleRaw RPV_tauR_estimate unique_templates empty_unit_idx
+    Lratio RPV_status RPV_window_index bc_unitType cumDriftEstimate estimatedTauR
+    fractionRPVs_estimatedTauR isolationDistance mainPeakToTroughRatio mainPeak_before_width
+    mainTrough_width maxChannels maxDriftEstimate nPeaks nSpikes nTroughs peak1ToPeak2Ratio
+    percentageSpikesMissing_gaussian percentageSpikesMissing_symmetric phy_clusterID presenceRatio
+    rawAmplitude scndPeakToTroughRatio signalToNoiseRatio silhouetteScore spatialDecaySlope
+    troughToPeak2Ratio useTheseTimesStart useTheseTimesStop waveformBaselineFlatness
+    waveformDuration_peakTrough
+""".split())
+
+# Parameters only MATLAB bombcell saves (Python bombcell spells them in snake_case).  Its
+# getQualityUnitType differs from Python 0.94's (e.g. its linear spatial-decay test fails units
+# with spatialDecaySlope > minSpatialDecaySlope, it skips distance metrics when isoDmin is NaN,
+# and it has no keepUncertainRPVUnits), so its results are refused rather than explained.
+_MATLAB_MARKERS = ("saveMatFileForGUI", "unitType_for_phy", "ephysMetaFile", "rawFile",
+                   "waveformBaselineWindowStart", "decompressData", "ssMin")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -180,12 +220,26 @@ def _one_line(error):
     return text.splitlines()[0]
 
 
-def _read_table(path):
-    """A parquet file as a pyarrow Table, or a one-line error naming the file and the fix."""
-    import pyarrow.parquet as pq
-    if not path.is_file():
+def _read_columns(path):
+    """bombcell's table ``path`` (a .parquet) as {column: list of values}, read from the parquet
+    file with pyarrow, or from bombcell's CSV twin (same name, .csv) where pyarrow is missing
+    (phy does not bring it).
+
+    Values are what bombcell's own reader (pandas) gives: numbers stay int or float, a null in a
+    number column is NaN, a null elsewhere None.  One reader for both formats, so the engine
+    sees the same columns from either (tested equal).
+    """
+    csv_twin = path.with_suffix(".csv")
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        if csv_twin.is_file():
+            return _read_csv_columns(csv_twin)
         raise BombcellReasonError(
-            f"{path}: missing; re-run bombcell on this dataset to write it")
+            f"{path}: cannot be read without pyarrow, and bombcell's CSV twin {csv_twin.name} is "
+            f"missing; pip install pyarrow into this (phy's) environment") from None
+    if not path.is_file():
+        raise BombcellReasonError(f"{path}: missing; re-run bombcell on this dataset to write it")
     try:
         # ParquetFile.read, not read_table: the dataset layer behind read_table starts thread
         # pools that cost ~50 MB and time for a file this small.
@@ -193,67 +247,179 @@ def _read_table(path):
     except Exception as e:  # truncated or not parquet at all: say so in one line
         raise BombcellReasonError(
             f"{path}: cannot be read ({_one_line(e)}); re-run bombcell to rewrite it") from None
-    return table
-
-
-def _read_parquet(path):
-    """Columns of a parquet file as numpy arrays (numbers as float64, the rest as objects).
-
-    Read with pyarrow alone, without pandas (see _NUMPY_DTYPES).
-    """
-    table = _read_table(path)
+    import pyarrow.types as pat
     columns = {}
     for name in table.column_names:
-        array = table.column(name).combine_chunks()
-        dtype = _NUMPY_DTYPES.get(str(array.type))
-        if dtype is None:
-            columns[name] = np.array(array.to_pylist(), dtype=object)
-            continue
-        start, stop = array.offset, array.offset + len(array)
-        data = np.frombuffer(array.buffers()[1], dtype=np.uint8 if dtype == "bool" else dtype)
-        if dtype == "bool":  # Arrow packs booleans in bits
-            data = np.unpackbits(data, bitorder="little")
-        values = data[start:stop].astype(np.float64)
-        if array.null_count:
-            valid = np.unpackbits(np.frombuffer(array.buffers()[0], dtype=np.uint8),
-                                  bitorder="little")[start:stop]
-            values[valid == 0] = np.nan
+        column = table.column(name)
+        # to_pylist, not to_numpy: pyarrow's to_numpy imports pandas (~0.3 s, measured), and
+        # the export of 10,000 units must stay close to a bare `import pyarrow.parquet`.
+        values = column.to_pylist()
+        if column.null_count and (pat.is_integer(column.type) or pat.is_floating(column.type)):
+            values = [np.nan if v is None else v for v in values]
         columns[name] = values
     return columns
 
 
-# Arrow type names of the numeric columns bombcell writes, and their numpy dtypes.  Read from
-# the buffers directly because pyarrow's cast/to_numpy import pyarrow.compute and pandas
-# (~0.5 s of start-up together).
-_NUMPY_DTYPES = {**{t: t for t in ("int8", "int16", "int32", "int64",
-                                   "uint8", "uint16", "uint32", "uint64")},
-                 "double": "float64", "float": "float32", "halffloat": "float16", "bool": "bool"}
+class _EmptyCell:
+    """An empty cell of a CSV twin: bombcell's CSV writer prints both None and NaN as nothing,
+    and bombcell reads them differently (a None flag is off, a NaN flag on)."""
+
+    def __repr__(self):
+        return "empty"
+
+
+EMPTY_CSV_CELL = _EmptyCell()
+
+
+def _read_csv_columns(path):
+    """A CSV twin (pandas' to_csv) as {column: list}, typed as pandas' read_csv types it: a
+    column of integers is int, of numbers float, of True/False bool, else text.  The unnamed
+    index column of templates._bc_qMetrics.csv is left out."""
+    import csv
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+    except (OSError, ValueError) as e:
+        raise BombcellReasonError(f"{path}: cannot be read ({_one_line(e)}); re-run bombcell") from None
+    if not rows:
+        raise BombcellReasonError(f"{path}: empty; re-run bombcell to rewrite it")
+    header, body = rows[0], rows[1:]
+    columns = {}
+    for j, name in enumerate(header):
+        if not name or name.startswith("Unnamed:"):
+            continue
+        columns[name] = _csv_values([row[j] if j < len(row) else "" for row in body])
+    return columns
+
+
+def _csv_values(cells):
+    """One CSV column typed as pandas types it; an empty cell is EMPTY_CSV_CELL."""
+    filled = [c for c in cells if c != ""]
+    if filled and all(c in ("True", "False") for c in filled):
+        return [EMPTY_CSV_CELL if c == "" else c == "True" for c in cells]
+    try:
+        numbers = [int(c) for c in filled]
+        if len(filled) < len(cells):  # pandas: integers with gaps become floats
+            numbers = [float(n) for n in numbers]
+    except ValueError:
+        try:
+            numbers = [float(c) for c in filled]
+        except ValueError:
+            numbers = filled  # text
+    it = iter(numbers)
+    return [next(it) if c != "" else EMPTY_CSV_CELL for c in cells]
 
 
 def _read_params(path):
-    """The first row of the parameters file, as bombcell's load_bc_results takes it."""
-    table = _read_table(path)
-    if table.num_rows == 0:
+    """The first row of the parameters file, as bombcell's load_bc_results takes it (keys as
+    saved: bombcell does not strip stray spaces, so neither do we)."""
+    columns = _read_columns(path)
+    if not columns or not len(next(iter(columns.values()))):
         raise BombcellReasonError(f"{path}: holds no parameters; re-run bombcell to rewrite it")
-    params = {}
-    for key, value in table.slice(0, 1).to_pylist()[0].items():
-        # Older releases saved some keys with a trailing space ("maxRPVviolations "); the exact
-        # key wins where both are present.
-        if key.strip() not in params or key == key.strip():
-            params[key.strip()] = value
-    return params
+    return {key: values[0] for key, values in columns.items()}
 
 
-def _is_on(value):
-    """Truth of a saved flag as bombcell's ``if param[flag]`` sees it (None is off)."""
-    return bool(value) if value is not None else False
+def _read_metrics(path):
+    """The metrics file as {column: array}: numbers as float64 (NaN for nulls), others as
+    object arrays (bc_unitType)."""
+    columns = {}
+    for name, values in _read_columns(path).items():
+        values = [np.nan if v is EMPTY_CSV_CELL else v for v in values]
+        try:
+            columns[name] = np.array(values, dtype=np.float64)
+        except (TypeError, ValueError):
+            columns[name] = np.array(values, dtype=object)
+    return columns
+
+
+def _truth(params, key):
+    """A saved flag as bombcell's ``if param[flag]`` reads it: NaN is on, None off, 2 on."""
+    value = params[key]
+    if value is EMPTY_CSV_CELL:
+        raise BombcellReasonError(_empty_cell_message(key))
+    try:
+        return bool(value)
+    except (TypeError, ValueError):  # an array: bombcell's `if` raises too
+        raise BombcellReasonError(
+            f"flag {key} = {value!r} has no truth value, so bombcell itself cannot classify "
+            f"these results; fix the parameter or re-run bombcell") from None
+
+
+def _empty_cell_message(key):
+    return (f"parameter {key} is empty in bombcell's CSV twin (saved as None or NaN, which "
+            f"bombcell reads differently); pip install pyarrow into this environment to read "
+            f"the parquet file")
+
+
+def linear_spatial_decay(params):
+    """bombcell's ``param["computeSpatialDecay"] & param["spDecayLinFit"]``: a bitwise ``&``,
+    so ``2 & True`` is 0 (the exponential tests apply), and NaN, None or a float on either side
+    makes bombcell raise TypeError."""
+    both = (params["computeSpatialDecay"], params["spDecayLinFit"])
+    for key, value in zip(("computeSpatialDecay", "spDecayLinFit"), both):
+        if value is EMPTY_CSV_CELL:
+            raise BombcellReasonError(_empty_cell_message(key))
+    try:
+        return bool(both[0] & both[1])
+    except (TypeError, ValueError):
+        raise BombcellReasonError(
+            f"computeSpatialDecay = {both[0]!r} and spDecayLinFit = {both[1]!r}: bombcell combines "
+            f"them with `&`, which raises TypeError, so bombcell itself cannot classify these "
+            f"results; save them as True/False (or 0/1) or re-run bombcell") from None
+
+
+def enabled_flags(params):
+    """{flag: on?} for the flags of the rule table, as bombcell's classifier decides them.
+    ``spDecayLinFit`` holds the truth of the bitwise ``computeSpatialDecay & spDecayLinFit``."""
+    flags = {flag: _truth(params, flag) for r in RULES for flag, _ in r.enabled_when
+             if flag != "spDecayLinFit"}
+    flags["spDecayLinFit"] = linear_spatial_decay(params)
+    return flags
+
+
+def threshold_value(params, key, enabled=True):
+    """A saved threshold as a float, as numpy compares it with a metric column.  For a rule that
+    is switched off bombcell never reads it: anything goes (NaN when not a number).  For one
+    that is on, text, None or a list of several values make bombcell's comparison raise (or
+    compare unit by unit): one line naming the parameter."""
+    value = params.get(key)
+    try:
+        number = np.asarray(value)
+        if number.dtype.kind not in "biuf" or number.size != 1:
+            raise TypeError
+        return float(number.ravel()[0])
+    except (TypeError, ValueError):
+        if not enabled:
+            return np.nan
+        if value is EMPTY_CSV_CELL:
+            raise BombcellReasonError(_empty_cell_message(key)) from None
+        raise BombcellReasonError(
+            f"threshold {key} = {value!r} is not a number and its test is on, so bombcell "
+            f"itself cannot classify these results; fix the parameter or re-run bombcell") from None
+
+
+def _spike_width_scale(params):
+    """check_parameter_fields' width scale, computed by the same expression (a text spikeWidth
+    makes it raise, as it makes bombcell raise)."""
+    spike_width, standard_width = params.get("spikeWidth"), params.get("standardSpikeWidth")
+    try:
+        if spike_width and standard_width and np.isfinite(spike_width) and standard_width > 0:
+            return spike_width / standard_width
+    except (TypeError, ValueError):
+        raise BombcellReasonError(
+            f"spikeWidth = {spike_width!r}, standardSpikeWidth = {standard_width!r}: bombcell "
+            f"scales the missing non-somatic widths by their ratio and fails on these values, so "
+            f"it cannot classify these results; fix them or re-run bombcell") from None
+    return 1.0
 
 
 def complete_params(params, params_file="parameters"):
     """Fill parameters missing from an older bombcell run, as bombcell's check_parameter_fields.
 
     Returns (params, notes).  Raises BombcellReasonError for results of bombcell <= 0.31
-    (snake_case names) and for missing parameters that have no back-compatibility default.
+    (snake_case names), for missing parameters that have no back-compatibility default, and where
+    bombcell itself would fail.  Keys are taken as saved: like bombcell, a key with a stray space
+    ("maxRPVviolations ") is not the parameter.
     """
     params = dict(params)
     notes = []
@@ -261,15 +427,13 @@ def complete_params(params, params_file="parameters"):
         raise BombcellReasonError(
             f"{params_file}: written by bombcell 0.31 or older (snake_case names such as "
             f"max_n_peaks); re-run bombcell >= 0.94 on this dataset")
+    spaced = {k.strip(): k for k in params if isinstance(k, str) and k != k.strip()}
     defaults = dict(BACKCOMPAT_DEFAULTS)
     present = [k for k in SHAPE_ROUTE_PARAMS if k in params]
     if present and len(present) < len(SHAPE_ROUTE_PARAMS):
         # Some of the shape route is configured: bombcell fills the rest with its current
         # defaults (widths scaled by spike width) rather than switching the route off.
-        width_scale = 1.0
-        spike_width, standard_width = params.get("spikeWidth"), params.get("standardSpikeWidth")
-        if spike_width and standard_width and np.isfinite(spike_width) and standard_width > 0:
-            width_scale = spike_width / standard_width
+        width_scale = _spike_width_scale(params)
         defaults["minTroughToPeak2Ratio_nonSomatic"] = 5
         defaults["minWidthFirstPeak_nonSomatic"] = max(2, round(4 * width_scale))
         defaults["minWidthMainTrough_nonSomatic"] = max(3, round(5 * width_scale))
@@ -279,23 +443,49 @@ def complete_params(params, params_file="parameters"):
         params[key] = defaults[key]
     missing = [k for k in CLASSIFICATION_PARAMS if k not in params]
     if missing:
+        stray = [repr(spaced[k]) for k in missing if k in spaced]
         raise BombcellReasonError(
             f"{params_file}: parameter {', '.join(missing)} missing and bombcell has no default "
-            f"for it; re-run bombcell >= 0.94 on this dataset")
+            f"for it" + (f" (saved as {', '.join(stray)}: bombcell does not read a key with "
+                         f"stray spaces)" if stray else "")
+            + "; re-run bombcell >= 0.94 on this dataset")
+    newer = newer_bombcell_names(params)
     if filled:
-        notes.append("parameters missing from this older bombcell run were filled with bombcell's "
-                     "back-compatibility defaults: " + ", ".join(f"{k}={params[k]}" for k in filled))
+        notes.append(f"parameters missing from this {'' if newer else 'older '}bombcell run were "
+                     f"filled with bombcell's back-compatibility defaults: "
+                     + ", ".join(f"{k}={params[k]}" for k in filled))
         if all(k in filled for k in SHAPE_ROUTE_PARAMS):
             notes.append("the non-somatic shape route is switched off: this bombcell run predates it")
+    ignored = [spaced[k] for k in spaced if k in CLASSIFICATION_PARAMS or k in BACKCOMPAT_DEFAULTS]
+    if ignored:
+        notes.append("key(s) with stray spaces ignored, as bombcell ignores them: "
+                     + ", ".join(repr(k) for k in ignored))
     return params, notes
+
+
+def newer_bombcell_names(names):
+    """Names (parameters or metric columns) that bombcell 0.94 never writes."""
+    return [k for k in names if k not in _KNOWN_094_NAMES and isinstance(k, str)
+            and k == k.strip()]
+
+
+def newer_version_note(names):
+    """The note for results written by a bombcell newer than 0.94 (or None)."""
+    unknown = newer_bombcell_names(names)
+    if not unknown:
+        return None
+    return (f"written by a bombcell newer than 0.94: unknown parameters/metrics "
+            f"{', '.join(unknown)}; reasons follow 0.94's rules and may differ")
 
 
 # ------------------------------------------------------------------------------------------------
 # Evaluation: every rule on every unit at once
 # ------------------------------------------------------------------------------------------------
 
-def rule_enabled(rule, params):
-    return all(_is_on(params[flag]) == wanted for flag, wanted in rule.enabled_when)
+def rule_enabled(rule, params, flags=None):
+    """Whether bombcell applies ``rule`` with these parameters (``flags``: enabled_flags)."""
+    flags = enabled_flags(params) if flags is None else flags
+    return all(flags[flag] == wanted for flag, wanted in rule.enabled_when)
 
 
 def evaluate(params, metrics):
@@ -304,10 +494,12 @@ def evaluate(params, metrics):
     ``params``: complete parameters (see complete_params); ``metrics``: mapping of column name to
     array, one entry per unit.  Returns (values, thresholds, status, fails, kept, codes) where
     values/status/fails/kept are (n_rules, n_units) arrays, thresholds is (n_rules,), codes is
-    bombcell's numeric unit type (NaN for empty units).
+    bombcell's numeric unit type (NaN for empty units).  Raises BombcellReasonError (one line
+    naming the parameter) where bombcell itself cannot classify with these parameters.
     """
     n_units = len(np.asarray(metrics["nSpikes"]))
     n_rules = len(RULES)
+    flags = enabled_flags(params)
     values = np.full((n_rules, n_units), np.nan)
     thresholds = np.full(n_rules, np.nan)
     status = np.full((n_rules, n_units), _PASS, dtype=np.int8)
@@ -317,9 +509,11 @@ def evaluate(params, metrics):
         for i, rule in enumerate(RULES):
             value = np.asarray(metrics[rule.metric], dtype=float)
             values[i] = value
-            if rule.param and params.get(rule.param) is not None:
-                thresholds[i] = float(params[rule.param])  # shown for disabled rules too
-            if not rule_enabled(rule, params):
+            enabled = rule_enabled(rule, params, flags)
+            if rule.param:
+                # shown for disabled rules too, where it is a number
+                thresholds[i] = threshold_value(params, rule.param, enabled)
+            if not enabled:
                 status[i] = _DISABLED
                 continue
             if rule.op == "isnan":
@@ -333,10 +527,11 @@ def evaluate(params, metrics):
                 status[i, skipped] = _NAN
             if rule.kept_when:
                 flag, metric, kept_value = rule.kept_when
-                if _is_on(params.get(flag, False)) and metric in metrics:
+                if _truth(params, flag) and metric in metrics:
                     kept[i] = fails[i] & (np.asarray(metrics[metric]) == kept_value)
                     fails[i] &= ~kept[i]
             status[i, fails[i]] = _FAIL
+            status[i, kept[i]] = _KEPT
     codes = _unit_codes(params, np.asarray(metrics["nSpikes"], dtype=float), fails)
     return values, thresholds, status, fails, kept, codes
 
@@ -360,7 +555,7 @@ def _unit_codes(params, n_spikes, fails):
     route_a, route_b = _non_somatic(fails)
     non_somatic = ~noise & (route_a | route_b)
     codes = np.where(noise, NOISE, np.where(mua, MUA, GOOD)).astype(float)
-    if _is_on(params["splitGoodAndMua_NonSomatic"]):
+    if _truth(params, "splitGoodAndMua_NonSomatic"):
         codes[non_somatic & (codes == MUA)] = NON_SOMA_MUA
         codes[non_somatic & (codes == GOOD)] = NON_SOMA
     else:
@@ -433,11 +628,12 @@ class Classification:
     """Labels, reasons and every criterion of every unit of one bombcell run."""
 
     def __init__(self, params, metrics, cluster_ids, bombcell_label=None, notes=(), source_mtime=0.0,
-                 source=""):
+                 source="", version_note=None):
         self.params = params
+        self.version_note = version_note  # results of a newer bombcell: said on every unit
         self.metrics = metrics
         self.cluster_ids = np.asarray(cluster_ids, dtype=np.int64)
-        self.split = _is_on(params["splitGoodAndMua_NonSomatic"])
+        self.split = _truth(params, "splitGoodAndMua_NonSomatic")
         self.notes = list(notes)
         self.source_mtime = source_mtime
         self.source = source
@@ -497,6 +693,10 @@ class Classification:
         reasons[is_ns] = self.label[is_ns] + ": " + non_somatic[is_ns]
         is_ns_mua = codes == NON_SOMA_MUA
         reasons[is_ns_mua] = "NON-SOMA MUA: " + mua[is_ns_mua] + "; " + non_somatic[is_ns_mua]
+        # A unit that fails the RPV test but is kept for its uncertain estimate says so (NOISE
+        # units: the MUA tests do not matter).
+        kept = self.kept.any(axis=0) & (codes != NOISE) & ~np.isnan(codes)
+        reasons[kept] += " (RPV kept: uncertain estimate)"
         differs = self.label_differs
         if differs.any():
             saved = np.array([s or NO_LABEL for s in self.bombcell_label[differs]], dtype=object)
@@ -523,17 +723,22 @@ class Classification:
                          "fewer than 50 spikes get NaN metrics) and counts that as NOISE")
         for i, rule in enumerate(RULES):
             if self.kept[i, unit]:
-                notes.append(f"{name[i]} would fail, but RPV_status is 0 (uncertain) and "
-                             f"keepUncertainRPVUnits is on: bombcell lets the unit pass this test")
+                notes.append(f"{name[i]} would fail, but the RPV estimate is uncertain "
+                             f"(RPV_status 0), kept by keepUncertainRPVUnits: bombcell lets the "
+                             f"unit pass this test")
             if (rule.skipped_where_nan and status[i] == _NAN and not np.isnan(values[i])):
                 notes.append(f"{rule.name} not tested: bombcell skips it where "
                              f"{rule.skipped_where_nan} is NaN")
             if np.isinf(values[i]) and status[i] != _DISABLED and rule.op != "isnan":
                 notes.append(f"{rule.metric} is {format_number(values[i])}: bombcell does not clean "
                              f"inf, so it {'fails' if fails[i] else 'passes'} {rule.name}")
-        if status[IS_NOISE].tolist().count(_NAN) and code != NOISE and not np.isnan(code):
-            nan_rules = [RULES[i].name for i in np.flatnonzero(IS_NOISE & (status == _NAN))]
+        nan_value = (status == _NAN) & np.isnan(values)  # not the skipped ones (noted above)
+        if (nan_value & IS_NOISE).any() and code != NOISE and not np.isnan(code):
+            nan_rules = [RULES[i].name for i in np.flatnonzero(IS_NOISE & nan_value)]
             notes.append("NaN values pass these tests, as in bombcell: " + ", ".join(nan_rules))
+        if (nan_value & IS_MUA).any() and code != NOISE and not np.isnan(code):
+            nan_rules = [RULES[i].name for i in np.flatnonzero(IS_MUA & nan_value)]
+            notes.append("NaN values pass these MUA tests, as in bombcell: " + ", ".join(nan_rules))
         not_deciding = np.flatnonzero(fails & ~self.decisive[:, unit] & ~IS_ROUTE_A & ~IS_ROUTE_B)
         if len(not_deciding) and not np.isnan(code):
             why = {NOISE: "NOISE takes precedence over MUA",
@@ -547,6 +752,8 @@ class Classification:
                          f"non-somatic only when all four fail")
         if code == NOISE and fails[IS_ROUTE_A].all() or code == NOISE and fails[IS_ROUTE_B].any():
             notes.append("non-somatic tests are not applied to NOISE units")
+        if self.version_note:
+            notes.append(self.version_note)
         if self.label_differs[unit]:
             notes.append(f"bombcell saved the label {self.bombcell_label[unit] or '(none)'!r}, but "
                          f"its classifier gives {label or '(none)'!r} for the saved parameters and "
@@ -672,14 +879,29 @@ def classify_dataset(dataset_dir, bombcell_dir=None):
     params_file, metrics_file = folder / PARAMS_FILE, folder / METRICS_FILE
     if not params_file.exists() and not metrics_file.exists() and not any(folder.iterdir()):
         raise BombcellReasonError(f"{folder}: empty; run bombcell on this dataset to fill it")
-    params, notes = complete_params(_read_params(params_file), params_file)
-    columns = _read_parquet(metrics_file)
+    saved_params = _read_params(params_file)
+    matlab = [k for k in _MATLAB_MARKERS if k in saved_params]
+    if matlab:
+        raise BombcellReasonError(
+            f"{params_file}: written by MATLAB bombcell (parameter {matlab[0]}), whose rules differ "
+            f"from Python bombcell 0.94's (e.g. its linear spatial-decay test); not explained: "
+            f"run Python bombcell >= 0.94 on this dataset")
+    params, notes = complete_params(saved_params, params_file)
+    columns = _read_metrics(metrics_file)
     if "nPeaks" not in columns and any(k in columns for k in _SNAKE_CASE_MARKERS):
         raise BombcellReasonError(
             f"{metrics_file}: written by bombcell 0.31 or older (snake_case names such as "
             f"n_peaks); re-run bombcell >= 0.94 on this dataset")
-    needed = {r.metric for r in RULES if rule_enabled(r, params)} | {"nSpikes"}
-    needed |= {r.skipped_where_nan for r in RULES if r.skipped_where_nan and rule_enabled(r, params)}
+    version_note = newer_version_note(list(saved_params) + list(columns))
+    if version_note:
+        notes.insert(0, version_note)
+    try:
+        flags = enabled_flags(params)
+    except BombcellReasonError as e:
+        raise BombcellReasonError(f"{params_file}: {e}") from None
+    enabled = [r for r in RULES if rule_enabled(r, params, flags)]
+    needed = {r.metric for r in enabled} | {"nSpikes"}
+    needed |= {r.skipped_where_nan for r in enabled if r.skipped_where_nan}
     missing = sorted(needed - set(columns))
     if missing:
         raise BombcellReasonError(
@@ -711,9 +933,14 @@ def classify_dataset(dataset_dir, bombcell_dir=None):
     if len(np.unique(cluster_ids)) != len(cluster_ids):
         raise BombcellReasonError(f"{metrics_file}: phy_clusterID has duplicate ids; re-run bombcell")
     bombcell_label, label_source = read_saved_labels(dataset_dir, columns, cluster_ids)
-    mtime = max(p.stat().st_mtime for p in (params_file, metrics_file))
-    result = Classification(params, metrics, cluster_ids, bombcell_label, notes, mtime,
-                            source=str(folder))
+    mtime = max(p.stat().st_mtime for p in (params_file, metrics_file,
+                                            params_file.with_suffix(".csv"),
+                                            metrics_file.with_suffix(".csv")) if p.exists())
+    try:
+        result = Classification(params, metrics, cluster_ids, bombcell_label, notes, mtime,
+                                source=str(folder), version_note=version_note)
+    except BombcellReasonError as e:
+        raise BombcellReasonError(f"{params_file}: {e}") from None
     n_differ = int(result.label_differs.sum())
     if n_differ:
         result.notes.append(

@@ -2,6 +2,7 @@
 with bombcell's own save functions so the files are exactly what bombcell writes."""
 import contextlib
 import io
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -66,3 +67,14 @@ def write_results(dataset_dir, params=None, metrics=None, n_units=40, seed=0, la
         save_dict_as_parquet_and_csv(saved, dataset_dir / "bombcell")
         save_params_as_parquet_and_csv(params, dataset_dir / "bombcell")
     return params, metrics
+
+
+def bombcell_labels(params, metrics):
+    """bombcell's own string labels, quietly (it prints and warns about filled parameters)."""
+    import bombcell
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _, labels = bombcell.get_quality_unit_type(
+            dict(params), {k: np.asarray(v, dtype=float).copy() for k, v in metrics.items()
+                           if np.asarray(v).dtype != object})
+    return np.asarray(labels, dtype=object)

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 import phy_bc_reason_plugin as pr
-from bombcell_tables import DEFAULTS, metric_table, write_results
+from bombcell_tables import DEFAULTS, bombcell_labels, metric_table, write_results
 
 
 def snapshot(folder):
@@ -207,9 +207,18 @@ def test_param_keys_with_trailing_space(tmp_path):
     params = {(k + " " if k in ("maxRPVviolations", "minSNR") else k): v for k, v in DEFAULTS.items()}
     write_results(tmp_path, params=DEFAULTS, n_units=30, seed=5)
     pd.DataFrame([params]).to_parquet(tmp_path / "bombcell" / pr.PARAMS_FILE)
+    # bombcell does not strip keys: "maxRPVviolations " is not maxRPVviolations, which has no
+    # back-compatibility default, so bombcell's classifier raises KeyError.  We say so in one line.
+    with pytest.raises(pr.BombcellReasonError, match=r"maxRPVviolations.*stray spaces"):
+        pr.classify_dataset(tmp_path)
+    # A key with a back-compatibility default gets the default, as in bombcell, with a note.
+    params = {(k + " " if k == "extractRaw" else k): v for k, v in DEFAULTS.items()}
+    params["extractRaw "] = False
+    pd.DataFrame([params]).to_parquet(tmp_path / "bombcell" / pr.PARAMS_FILE)
     result = pr.classify_dataset(tmp_path)
-    assert result.params["maxRPVviolations"] == DEFAULTS["maxRPVviolations"]
-    assert result.label.tolist() == result.bombcell_label.tolist()
+    assert result.params["extractRaw"] is True
+    assert any("'extractRaw '" in note for note in result.notes)
+    assert result.label.tolist() == bombcell_labels(params, result.metrics).tolist()
 
 
 def test_all_nan_metrics_are_noise(tmp_path):

@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import phy_bc_reason_plugin as pr
-from bombcell_tables import DEFAULTS, FLAGS, THRESHOLDS, metric_table
+from bombcell_tables import DEFAULTS, DESIGNS, FLAGS, THRESHOLDS, metric_table
 
 with contextlib.redirect_stdout(io.StringIO()):  # bombcell prints on import
     import bombcell
@@ -35,11 +35,29 @@ def bombcell_labels(params, metrics):
     return np.asarray(labels, dtype=object)
 
 
+# Flags as users' saved parameters hold them: bombcell reads them with `if param[flag]` (NaN is
+# on, None off) and combines computeSpatialDecay & spDecayLinFit bitwise (2 & True == 0).
+FLAG_VALUES = (True, False, 0, 1, 2, float("nan"), None)
+# Thresholds of rules that are switched off are never read by bombcell: anything goes there.
+ODD_THRESHOLDS = ("n/a", "none", "5", [1.0], [1.0, 2.0], None)
+
+
+def _rule_on(params, rule):
+    """Whether bombcell reads ``rule``'s threshold (None when it cannot even decide)."""
+    try:
+        return pr.rule_enabled(rule, pr.complete_params(params)[0])
+    except pr.BombcellReasonError:
+        return None
+
+
 @st.composite
-def param_sets(draw):
+def param_sets(draw, odd=True):
     params = dict(DEFAULTS)
     for flag in FLAGS:
-        params[flag] = draw(st.booleans())
+        if odd and draw(st.integers(0, 7)) == 0:
+            params[flag] = draw(st.sampled_from(FLAG_VALUES))
+        else:
+            params[flag] = draw(st.booleans())
     for key in THRESHOLDS:
         how = draw(st.sampled_from(["default", "default", "moved", "nan", "zero"]))
         if how == "moved":
@@ -48,11 +66,42 @@ def param_sets(draw):
             params[key] = float("nan")
         elif how == "zero":
             params[key] = 0
-    # Older runs lack the parameters bombcell has back-compatibility defaults for.
+    # Older runs lack the parameters bombcell has back-compatibility defaults for; MATLAB-era
+    # sets carry spikeWidth, which scales the shape-route widths bombcell fills in.
     for key in pr.BACKCOMPAT_DEFAULTS:
         if draw(st.integers(0, 9)) == 0:
             params.pop(key, None)
+    if draw(st.booleans()):
+        params["spikeWidth"] = draw(st.sampled_from([61, 30, 90, 150, float("nan"), 0]))
+        params["standardSpikeWidth"] = draw(st.sampled_from([61, 30, 0]))
+    if odd:
+        # Odd thresholds: mostly on rules that are off (harmless to bombcell), sometimes on
+        # rules that are on (bombcell raises, or broadcasts a one-element list).
+        for rule in pr.RULES:
+            if rule.param and draw(st.integers(0, 5)) == 0:
+                on = _rule_on(params, rule)
+                if on is False or draw(st.integers(0, 3)) == 0:
+                    params[rule.param] = draw(st.sampled_from(ODD_THRESHOLDS))
+        if draw(st.integers(0, 9)) == 0:
+            params["spikeWidth"] = "61"
     return params
+
+
+def ours_or_refusal(params, metrics):
+    """Our labels, or the one-line refusal (BombcellReasonError) as a string."""
+    try:
+        complete, _ = pr.complete_params(params)
+        return pr.Classification(complete, metrics, np.arange(len(metrics["nSpikes"])))
+    except pr.BombcellReasonError as e:
+        assert "\n" not in str(e)
+        return str(e)
+
+
+def bombcell_or_error(params, metrics):
+    try:
+        return bombcell_labels(params, metrics)
+    except (TypeError, ValueError, KeyError) as e:  # numpy's UFuncTypeError is a TypeError
+        return e
 
 
 def probe_verdicts(params, metrics, rule_index):
@@ -105,14 +154,26 @@ def _part_kept(label, rule, split):
     return label
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(params=param_sets(), seed=st.integers(0, 2**32 - 1), n_units=st.integers(1, 120))
 def test_labels_and_criteria_equal_bombcell(params, seed, n_units):
     metrics = metric_table(params, seed, n_units)
-    complete, _ = pr.complete_params(params)
-    ours = pr.Classification(complete, metrics, np.arange(n_units))
-
-    assert ours.label.tolist() == bombcell_labels(params, metrics).tolist()
+    ours, theirs = ours_or_refusal(params, metrics), bombcell_or_error(params, metrics)
+    if isinstance(theirs, Exception) or isinstance(ours, str):
+        # bombcell itself cannot classify: we refuse, in one line naming a parameter
+        assert isinstance(theirs, Exception) and isinstance(ours, str), (ours, theirs)
+        assert any(k in ours for k in params), ours
+        return
+    assert ours.label.tolist() == theirs.tolist()
+    for i, rule in enumerate(pr.RULES):  # the status/margin invariant, on every unit
+        margins = np.array([c["margin"] for c in (ours.criteria(u, only=np.arange(len(pr.RULES)) == i)[0]
+                                                  for u in range(min(n_units, 20)))], dtype=object)
+        statuses = ours.status[i, :min(n_units, 20)]
+        for status, margin in zip(statuses, margins):
+            if margin is None or isinstance(margin, str):
+                continue
+            assert not (status == pr.STATUSES.index("pass") and margin < 0), rule.name
+            assert not (status == pr.STATUSES.index("fail") and margin > 0), rule.name
 
     counted = metrics["nSpikes"] != 0  # bombcell says nothing about empty units' nSpikes test
     for i, rule in enumerate(pr.RULES):
@@ -127,8 +188,9 @@ def test_labels_and_criteria_equal_bombcell(params, seed, n_units):
 @given(params=param_sets(), seed=st.integers(0, 2**32 - 1), n_units=st.integers(1, 60))
 def test_decisive_criteria_decide_the_label(params, seed, n_units):
     metrics = metric_table(params, seed, n_units)
-    complete, _ = pr.complete_params(params)
-    ours = pr.Classification(complete, metrics, np.arange(n_units))
+    ours = ours_or_refusal(params, metrics)
+    if isinstance(ours, str):
+        return
     for unit in range(n_units):
         label = ours.label[unit]
         decisive = np.flatnonzero(ours.decisive[:, unit]).tolist()
@@ -175,3 +237,58 @@ def test_backcompat_defaults_are_bombcells():
     assert set(pr.CLASSIFICATION_PARAMS) == set(dp._CLASSIFICATION_KEYS)
     assert pr.SHAPE_ROUTE_PARAMS == tuple(dp._NON_SOMATIC_GROUP) or \
         set(pr.SHAPE_ROUTE_PARAMS) == set(dp._NON_SOMATIC_GROUP)
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_generated_tables_give_every_label_a_fair_share(split, record_property):
+    """The generator behind the property tests: every label >= 10% of the units (bombcell's own
+    labels), so precedence, the split and the decisive criteria see thousands of units."""
+    params = dict(DEFAULTS, splitGoodAndMua_NonSomatic=split)
+    labels = bombcell_labels(params, metric_table(params, 0, 5000))
+    wanted = (["GOOD", "MUA", "NOISE"]
+              + (["NON-SOMA GOOD", "NON-SOMA MUA"] if split else ["NON-SOMA"]))
+    share = {k: float(np.mean(labels == k)) for k in wanted}
+    record_property("label_share", share)
+    print(f"split={split}: " + ", ".join(f"{k} {v:.0%}" for k, v in share.items()))
+    assert min(share.values()) >= 0.10, share
+
+
+def test_flags_and_odd_thresholds_like_bombcell():
+    """The cases of issue 8, one by one: bombcell's label or one line, never a traceback."""
+    metrics = metric_table(DEFAULTS, 7, 400)
+    cases = [dict(keepUncertainRPVUnits=float("nan")), dict(splitGoodAndMua_NonSomatic=float("nan")),
+             dict(extractRaw=float("nan")), dict(computeDrift=None), dict(computeDistanceMetrics=2),
+             dict(computeSpatialDecay=2, spDecayLinFit=True), dict(computeSpatialDecay=float("nan")),
+             dict(spDecayLinFit=None), dict(minSNR="n/a", extractRaw=False),
+             dict(maxDrift="none", computeDrift=False), dict(isoDmin=[1, 2], computeDistanceMetrics=0),
+             dict(minSNR="n/a", extractRaw=True), dict(maxNPeaks="2"), dict(maxNPeaks=[2]),
+             dict(minWidthFirstPeak_nonSomatic=4, spikeWidth="61", standardSpikeWidth=61)]
+    for change in cases:
+        params = dict(DEFAULTS, **change)
+        if "spikeWidth" in change:
+            for key in pr.SHAPE_ROUTE_PARAMS[1:]:
+                params.pop(key, None)
+        ours, theirs = ours_or_refusal(params, metrics), bombcell_or_error(params, metrics)
+        if isinstance(theirs, Exception):
+            assert isinstance(ours, str) and any(k in ours for k in change), (change, ours)
+        else:
+            assert not isinstance(ours, str), (change, ours)
+            assert ours.label.tolist() == theirs.tolist(), change
+    # NaN split flag: bombcell's "NON-SOMA MUA", not "NON-SOMA"
+    params = dict(DEFAULTS, splitGoodAndMua_NonSomatic=float("nan"))
+    assert "NON-SOMA MUA" in ours_or_refusal(params, metrics).label.tolist()
+
+
+def test_kept_status_never_contradicts_its_margin():
+    params = dict(DEFAULTS, keepUncertainRPVUnits=True)
+    metrics = metric_table(params, 3, 300, designs=("good",))
+    metrics["fractionRPVs_estimatedTauR"][:] = 0.5
+    metrics["RPV_status"][:] = 0
+    ours = ours_or_refusal(params, metrics)
+    assert ours.label.tolist() == bombcell_labels(params, metrics).tolist()
+    rpv = [i for i, r in enumerate(pr.RULES) if r.metric == "fractionRPVs_estimatedTauR"][0]
+    unit = int(np.flatnonzero(ours.label == "GOOD")[0])
+    crit = ours.criteria(unit)[rpv]
+    assert crit["status"] == "kept" and crit["margin"] < 0
+    assert ours.reason[unit].startswith("GOOD") and "kept" in ours.reason[unit]
+    assert any("keepUncertainRPVUnits" in n for n in ours.unit_notes(unit))

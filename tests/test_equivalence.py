@@ -100,7 +100,7 @@ def ours_or_refusal(params, metrics):
 def bombcell_or_error(params, metrics):
     try:
         return bombcell_labels(params, metrics)
-    except (TypeError, ValueError, KeyError) as e:  # numpy's UFuncTypeError is a TypeError
+    except (TypeError, ValueError, KeyError, IndexError) as e:  # UFuncTypeError is a TypeError
         return e
 
 
@@ -155,7 +155,10 @@ def _part_kept(label, rule, split):
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(params=param_sets(), seed=st.integers(0, 2**32 - 1), n_units=st.integers(1, 120))
+# n_units != 2: bombcell compares a two-element list threshold unit by unit on two units (we refuse
+# list thresholds of more than one value, in one line).
+@given(params=param_sets(), seed=st.integers(0, 2**32 - 1),
+       n_units=st.integers(1, 120).filter(lambda n: n != 2))
 def test_labels_and_criteria_equal_bombcell(params, seed, n_units):
     metrics = metric_table(params, seed, n_units)
     ours, theirs = ours_or_refusal(params, metrics), bombcell_or_error(params, metrics)
@@ -185,7 +188,8 @@ def test_labels_and_criteria_equal_bombcell(params, seed, n_units):
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(params=param_sets(), seed=st.integers(0, 2**32 - 1), n_units=st.integers(1, 60))
+@given(params=param_sets(), seed=st.integers(0, 2**32 - 1),
+       n_units=st.integers(1, 60).filter(lambda n: n != 2))
 def test_decisive_criteria_decide_the_label(params, seed, n_units):
     metrics = metric_table(params, seed, n_units)
     ours = ours_or_refusal(params, metrics)

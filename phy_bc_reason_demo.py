@@ -660,11 +660,14 @@ def open_phy(dataset_dir):
     template_gui(str(Path(dataset_dir) / "params.py"), plugins=plugins)
 
 
-def build_parser():
+def build_parser(prog="python -m phy_bc_reason_demo"):
     p = argparse.ArgumentParser(
-        prog="python -m phy_bc_reason_demo",
+        prog=prog,
         description="Build a small synthetic Kilosort 4 dataset, run bombcell on it, export the "
-                    "reasons for its labels and open phy (or print them).")
+                    "reasons for its labels and open phy (or print them).",
+        epilog=f"example:\n  {prog} demo-data --no-gui\n  {prog} demo-data --keep   "
+               f"(open phy again on the dataset built before)",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dir", nargs="?", default="demo-data", help="dataset folder (default: %(default)s)")
     p.add_argument("--split", action="store_true",
                    help="run bombcell with splitGoodAndMua_NonSomatic (NON-SOMA GOOD / NON-SOMA MUA)")
@@ -680,8 +683,17 @@ def build_parser():
     return p
 
 
-def main(argv=None):
-    args = build_parser().parse_args(argv)
+def _command(*args):
+    """A shell command that works as printed: this interpreter, quoted paths."""
+    import shlex
+    return " ".join(shlex.quote(str(a)) for a in args)
+
+
+def main(argv=None, prog="python -m phy_bc_reason_demo"):
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
+    if args.dir.startswith("-"):  # e.g. `demo -- --help`: never build a dataset in ./--help
+        parser.error(f"dataset folder {args.dir!r} starts with '-'; write ./{args.dir} if you mean it")
     dataset = Path(args.dir)
     if args.run_bombcell:
         _bombcell_worker(dataset, json.loads(args.params_json))
@@ -708,8 +720,9 @@ def main(argv=None):
     else:
         if plugin is not None:
             rc = plugin.main(["explain", str(dataset)]) or rc
-        print(f"\nTo browse it in phy (on a machine with a display): "
-              f"python -m phy_bc_reason_demo {str(dataset)!r} --keep", flush=True)
+        print(f"\nTo browse it in phy (on a machine with a display):\n  "
+              f"{_command(sys.executable, '-m', 'phy_bc_reason_demo', dataset, '--keep')}",
+              flush=True)
     return rc
 
 

@@ -1031,17 +1031,105 @@ def foreign_results_message(source, n_clusters):
             f"results belong to another dataset, or re-run bombcell on this one")
 
 
+SPIKE_FILES = ("spike_clusters.npy", "spike_templates.npy")  # what bombcell counts, in its order
+DUPLICATES_FILE = "spikes._bc_duplicateSpikes.npy"  # bombcell's removeDuplicateSpikes record
+
+
+def spike_counts(dataset_dir, bombcell_dir=None, remove_duplicates=False):
+    """(spikes per cluster id, file name) as bombcell counts them: ``np.bincount`` of
+    spike_clusters.npy (spike_templates.npy when absent), without the spikes bombcell marked as
+    duplicates where it saved them; (None, None) when neither file can be read.  bincount, not
+    unique: linear time on tens of millions of spikes."""
+    dataset_dir = dataset_path(dataset_dir)
+    for name in SPIKE_FILES:
+        path = dataset_dir / name
+        if not path.is_file():
+            continue
+        try:
+            ids = np.load(path, mmap_mode="r").ravel()
+            if ids.size and ids.min() < 0:
+                return None, None
+            if remove_duplicates:
+                folder = Path(bombcell_dir) if bombcell_dir else dataset_dir / BOMBCELL_DIRNAME
+                duplicates = np.load(folder / DUPLICATES_FILE, mmap_mode="r").ravel()
+                if len(duplicates) != len(ids):
+                    raise ValueError("not this spike file's")
+                ids = ids[np.asarray(duplicates) == 0]
+            return np.bincount(ids), name
+        except (OSError, ValueError, TypeError):
+            if remove_duplicates:  # no usable record of duplicates: count every spike
+                return spike_counts(dataset_dir)[0], name
+            return None, None
+    return None, None
+
+
+def foreign_results_problem(result, dataset_dir, cluster_ids=None, bombcell_dir=None):
+    """One line when bombcell's results are not this dataset's (copied from another sorting, or
+    stale after Kilosort ran again), else None.
+
+    bombcell's ``nSpikes`` is the number of spikes of that id in spike_clusters.npy (else
+    spike_templates.npy).  phy's merges and splits give their clusters new ids and never reuse
+    one, so a bombcell id that is still in the spike file holds the spikes bombcell counted:
+    counts are compared on those ids only, and ids that vanished (parents of merges and splits)
+    or appeared (their children) are curation, not a mismatch.  With removeDuplicateSpikes
+    bombcell counted after removing duplicates: exact where it saved which spikes those were,
+    else at most the file's count.  ``cluster_ids``: phy's clusters (default: the spike file's).
+    """
+    try:
+        dedup = _truth(result.params, "removeDuplicateSpikes") \
+            if "removeDuplicateSpikes" in result.params else False
+    except BombcellReasonError:
+        dedup = True  # undecidable: the lenient comparison
+    counts, name = spike_counts(dataset_dir, bombcell_dir, remove_duplicates=dedup)
+    exact = dedup is False or (counts is not None and _has_duplicates_record(
+        dataset_dir, bombcell_dir, name))
+    if cluster_ids is None:
+        cluster_ids = np.flatnonzero(counts) if counts is not None else []
+    cluster_ids = np.asarray(cluster_ids, dtype=np.int64)
+    if len(cluster_ids) and not np.isin(cluster_ids, result.cluster_ids).any():
+        return foreign_results_message(result.source, len(cluster_ids))
+    if counts is None:
+        return None
+    ids = result.cluster_ids
+    now = np.zeros(len(ids))
+    inside = (ids >= 0) & (ids < len(counts))
+    now[inside] = counts[ids[inside]]
+    saved = np.asarray(result.metrics["nSpikes"], dtype=float)
+    untouched = (now > 0) & ~np.isnan(saved)
+    wrong = untouched & ((saved != now) if exact else (saved > now))
+    if name == "spike_templates.npy":  # no curation without spike_clusters.npy: nothing vanishes
+        wrong |= (now == 0) & (saved > 0)
+    if not wrong.any():
+        return None
+    first = int(np.flatnonzero(wrong)[0])
+    return (f"{result.source}: bombcell's nSpikes disagrees with {name} for {int(wrong.sum())} of "
+            f"{int(untouched.sum())} clusters (cluster {int(ids[first])}: {format_number(saved[first])} "
+            f"saved, {format_number(now[first])} now): these results belong to another sorting or "
+            f"are stale (Kilosort ran again?); re-run bombcell on this dataset")
+
+
+def _has_duplicates_record(dataset_dir, bombcell_dir, name):
+    folder = Path(bombcell_dir) if bombcell_dir else dataset_path(dataset_dir) / BOMBCELL_DIRNAME
+    try:
+        duplicates = np.load(folder / DUPLICATES_FILE, mmap_mode="r")
+        ids = np.load(dataset_path(dataset_dir) / name, mmap_mode="r")
+        return duplicates.size == ids.size
+    except (OSError, ValueError, TypeError):
+        return False
+
+
 def dataset_reasons(dataset_dir, bombcell_dir=None):
     """(classification, reasons by cluster id, notes) for a dataset, with phy's clusters that
     bombcell has no row for marked UNCLASSIFIED."""
     result = classify_dataset(dataset_dir, bombcell_dir)
     reasons = result.reason_by_cluster()
     notes = list(result.notes)
+    problem = foreign_results_problem(result, dataset_dir, bombcell_dir=bombcell_dir)
+    if problem:
+        raise BombcellReasonError(problem)
     phy_ids = phy_cluster_ids(dataset_dir)
     if phy_ids is not None:
         unknown = np.setdiff1d(phy_ids, result.cluster_ids)
-        if len(unknown) and len(unknown) == len(phy_ids):
-            raise BombcellReasonError(foreign_results_message(result.source, len(phy_ids)))
         # Keep what the plugin recorded about clusters merged or split in phy after bombcell ran
         # (our own TSV: unreadable means nothing recorded).
         origins = {}
@@ -1138,7 +1226,8 @@ def rules_markdown():
 
 def _summary_line(result, notes):
     counts = ", ".join(f"{k} {v}" for k, v in label_counts(result.label).items())
-    return f"{len(result)} units: {counts}" + (f" ({len(notes)} note(s))" if notes else "")
+    line = f"{len(result)} units: {counts}" + (f" ({len(notes)} note(s))" if notes else "")
+    return line + (f"; {result.version_note}" if result.version_note else "")
 
 
 def _cmd_export(args):
@@ -1157,35 +1246,60 @@ def _cmd_export(args):
             print(f"    note: {note}")
     if failed:
         print(f"{failed} of {total} dataset(s) failed; nothing was written for them", file=sys.stderr)
-    return 1 if failed else 0
+    return EXIT_INPUT if failed else EXIT_OK
 
 
 def _cmd_explain(args):
     result, reasons, notes = dataset_reasons(args.dataset, args.bombcell_dir)
     cluster_ids = args.cluster if args.cluster else sorted(reasons)
-    missing = 0
+    missing = []
     for cluster_id in cluster_ids:
+        if cluster_id not in reasons:  # neither phy nor bombcell knows it: a typo, not a re-run
+            missing.append(cluster_id)
+            print(f"phy-bc-reason: error: cluster {cluster_id}: no such cluster in {args.dataset} "
+                  f"(clusters {_ids_range(reasons)})", file=sys.stderr)
+            continue
         info = result.explain(cluster_id)
         if args.json:
-            if info is None:
+            if info is None:  # a cluster made in phy after bombcell ran
                 info = {"cluster_id": int(cluster_id), "label": None, "bombcell_label": None,
-                        "reason": reasons.get(cluster_id, NO_ROW_REASON),
-                        "criteria": [], "decisive": [], "notes": []}
+                        "reason": reasons[cluster_id], "criteria": [], "decisive": [], "notes": []}
             print(json.dumps(info))
         elif args.cluster:
-            print(format_explanation(info) if info else
-                  f"cluster {cluster_id}: {reasons.get(cluster_id, NO_ROW_REASON)}")
+            print(format_explanation(info) if info else f"cluster {cluster_id}: {reasons[cluster_id]}")
             print()
         else:
             print(f"{cluster_id:>6}  {reasons[cluster_id]}")
-        if info is None and cluster_id not in reasons:
-            missing += 1
     if not args.json:
         for note in notes:
             print(f"note: {note}")
-        if not args.cluster:
-            print(f"{_summary_line(result, notes)}; details: phy-bc-reason explain DIR --cluster ID")
-    return 1 if missing else 0
+        if not args.cluster and len(result):
+            print(f"{_summary_line(result, notes)}; details: {_self_command()} explain "
+                  f"{_quote(args.dataset)} --cluster {int(result.cluster_ids[0])}")
+    return EXIT_INPUT if missing else EXIT_OK
+
+
+def _ids_range(ids):
+    ids = sorted(ids)
+    return f"{ids[0]}-{ids[-1]}" if ids else "none"
+
+
+def _quote(path):
+    import shlex
+    return shlex.quote(str(path))
+
+
+def _self_command():
+    """How to run this command again as printed: ``phy-bc-reason`` when that is on PATH and is
+    this installation, else its full path, else ``python -m`` with this interpreter."""
+    import shutil
+    script = Path(sys.executable).parent / "phy-bc-reason"
+    found = shutil.which("phy-bc-reason")
+    if found and script.exists() and Path(found).resolve() == script.resolve():
+        return "phy-bc-reason"
+    if script.exists():
+        return _quote(script)
+    return f"{_quote(sys.executable)} -m phy_bc_reason_plugin"
 
 
 def _cmd_rules(args):
@@ -1199,54 +1313,105 @@ def _cmd_install(args):
 
 
 def _cmd_demo(args):
-    import phy_bc_reason_demo
-    return phy_bc_reason_demo.main(args.demo_args)
+    return _run_demo(args.demo_args)
+
+
+def _run_demo(argv):
+    """The demo takes its own options (``phy-bc-reason demo --help`` prints them)."""
+    try:
+        import phy_bc_reason_demo
+    except ImportError as e:
+        print(f"phy-bc-reason: error: the demo needs phy_bc_reason_demo.py, installed with the "
+              f"package (pip install phy-bc-reason), not part of the drop-in file ({e})",
+              file=sys.stderr)
+        return EXIT_INPUT
+    return phy_bc_reason_demo.main(argv, prog="phy-bc-reason demo")
+
+
+# Exit statuses, the same in every subcommand.
+EXIT_OK = 0
+EXIT_INPUT = 1  # a dataset could not be explained (missing, unreadable, foreign or stale results,
+#                 results bombcell itself cannot classify), or a cluster asked for does not exist
+EXIT_USAGE = 2  # the command line itself is wrong (argparse's status)
+EXIT_CODES = (f"exit status: {EXIT_OK} success; {EXIT_INPUT} a dataset could not be explained "
+              f"(one line on stderr says why and how to fix it) or a cluster asked for does not "
+              f"exist; {EXIT_USAGE} wrong command line")
 
 
 def build_parser():
+    def sub_parser(name, help, description, examples, **kwargs):
+        return sub.add_parser(name, help=help, description=description,
+                              epilog="example:\n" + "\n".join(f"  {e}" for e in examples)
+                              + "\n\n" + EXIT_CODES,
+                              formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
+
     parser = argparse.ArgumentParser(
         prog="phy-bc-reason",
-        description="Why did bombcell label each unit GOOD, MUA, NOISE or NON-SOMA?")
+        description="Why did bombcell label each unit GOOD, MUA, NOISE or NON-SOMA?  Reads "
+                    "bombcell's results (DATASET/bombcell) and explains every label by the "
+                    "criteria that decide it.",
+        epilog="example:\n  phy-bc-reason explain path/to/kilosort_output --cluster 12\n\n"
+               + EXIT_CODES + "\n\n'phy-bc-reason COMMAND --help' says more about each command.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=__version__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("export", help=f"write DIR/{TSV_NAME} for each dataset folder")
+    p = sub_parser(
+        "export", f"write DATASET/{TSV_NAME} for each dataset folder",
+        f"Write DATASET/{TSV_NAME} (the column phy shows) for each dataset folder, atomically. "
+        f"Goes on past a dataset that cannot be explained, writes nothing for it, and exits "
+        f"{EXIT_INPUT} at the end.",
+        ["phy-bc-reason export rec1/kilosort4 rec2/kilosort4 -v"])
     p.add_argument("dataset", nargs="+", help="Kilosort/phy dataset folder (or its params.py)")
-    p.add_argument("--bombcell-dir", help="bombcell results folder (default: DIR/bombcell)")
+    p.add_argument("--bombcell-dir", help="bombcell results folder (default: DATASET/bombcell)")
     p.add_argument("-v", "--verbose", action="store_true", help="print notes about each dataset")
     p.set_defaults(func=_cmd_export)
 
-    p = sub.add_parser("explain", help="print the reason of every unit, or all criteria of some")
+    p = sub_parser(
+        "explain", "print the reason of every unit, or all criteria of some",
+        "Print the reason of every unit (one line each), or with --cluster every criterion of "
+        "those clusters: value, threshold, status, margin, and which criteria decide the label.",
+        ["phy-bc-reason explain path/to/kilosort_output",
+         "phy-bc-reason explain path/to/kilosort_output --cluster 12 --cluster 40",
+         "phy-bc-reason explain path/to/kilosort_output --json > reasons.jsonl"])
     p.add_argument("dataset", help="Kilosort/phy dataset folder (or its params.py)")
-    p.add_argument("--bombcell-dir", help="bombcell results folder (default: DIR/bombcell)")
+    p.add_argument("--bombcell-dir", help="bombcell results folder (default: DATASET/bombcell)")
     p.add_argument("--cluster", type=int, action="append", metavar="ID",
                    help="explain this cluster in full (repeatable)")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(func=_cmd_explain)
 
-    p = sub.add_parser("rules", help="print the rule table (Markdown)")
+    p = sub_parser("rules", "print the rule table (Markdown)",
+                   "Print bombcell 0.94's classification rules, as this tool applies them, as a "
+                   "Markdown table.", ["phy-bc-reason rules"])
     p.set_defaults(func=_cmd_rules)
 
-    p = sub.add_parser("install", help="enable the plugin in ~/.phy/phy_config.py")
+    p = sub_parser("install", "enable the plugin in ~/.phy/phy_config.py",
+                   "Enable the phy plugin in phy_config.py (a marked block; a backup of the old "
+                   "file is kept as phy_config.py.bak).  Idempotent.",
+                   ["phy-bc-reason install", "phy-bc-reason install --config-dir /path/to/.phy"])
     p.add_argument("--config-dir", help="phy's configuration folder (default: ~/.phy)")
     p.set_defaults(func=_cmd_install)
 
-    p = sub.add_parser("demo", help="build a demo dataset, run bombcell on it, show the reasons",
-                       add_help=False)
+    p = sub.add_parser("demo", help="build a demo dataset, run bombcell on it, show the reasons "
+                                    "(phy-bc-reason demo --help for its options)", add_help=False)
     p.add_argument("demo_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=_cmd_demo)
     return parser
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     try:
+        if argv[:1] == ["demo"]:  # all its options are the demo's, --help included
+            return _run_demo(argv[1:])
+        args = build_parser().parse_args(argv)
         return args.func(args)
     except BombcellReasonError as e:
         print(f"phy-bc-reason: error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_INPUT
     except BrokenPipeError:  # e.g. `phy-bc-reason explain DIR | head`
-        return 0
+        return EXIT_OK
 
 
 # ------------------------------------------------------------------------------------------------
@@ -1362,9 +1527,10 @@ class ReasonBook:
     (no phy), so it is cheap to test and to rebuild on reload.
     """
 
-    def __init__(self, classification=None, error=None, previous=None):
+    def __init__(self, classification=None, error=None, previous=None, dataset_dir=None):
         self.classification = classification
         self.error = error
+        self.dataset_dir = dataset_dir  # where check_clusters counts spikes (None: it does not)
         self._base = classification.reason_by_cluster() if classification is not None else {}
         # cluster id made after bombcell ran -> its UNCLASSIFIED text
         self._origin = recorded_origins(previous, self._base)
@@ -1374,7 +1540,7 @@ class ReasonBook:
     def load(cls, dataset_dir, previous=None):
         """Classify a dataset; any failure becomes the book's ``error``, never an exception."""
         try:
-            return cls(classify_dataset(dataset_dir), previous=previous)
+            return cls(classify_dataset(dataset_dir), previous=previous, dataset_dir=dataset_dir)
         except BombcellReasonError as e:
             return cls(error=_one_line(e), previous=previous)
         except Exception as e:  # a bug or an unexpected file: phy must still open
@@ -1397,15 +1563,28 @@ class ReasonBook:
         return names
 
     def check_clusters(self, cluster_ids, prune=False):
-        """Turn results that match none of phy's clusters into an error (another dataset's).
-        ``prune``: forget origins (read from an old TSV) of clusters that do not exist."""
+        """Turn results of another dataset or sorting into an error: none of phy's clusters has
+        a bombcell row, or bombcell's spike counts disagree with the dataset's on clusters that
+        curation left alone (see foreign_results_problem).  ``prune``: forget origins (read
+        from an old TSV) of clusters that do not exist."""
         cluster_ids = [int(c) for c in cluster_ids]
         if prune:
             existing = set(cluster_ids)
             self._origin = {c: t for c, t in self._origin.items() if c in existing}
-        if (self.ok and self.classification is not None and cluster_ids
-                and not any(c in self._base for c in cluster_ids)):
-            self.error = foreign_results_message(self.classification.source, len(cluster_ids))
+        if not self.ok or self.classification is None:
+            return
+        if self.dataset_dir is not None:
+            try:
+                problem = foreign_results_problem(self.classification, self.dataset_dir, cluster_ids)
+            except Exception as e:  # the check must never stop phy; say it could not run
+                _report_exception("checking that bombcell's results are this dataset's", e)
+                problem = None
+        elif cluster_ids and not any(c in self._base for c in cluster_ids):
+            problem = foreign_results_message(self.classification.source, len(cluster_ids))
+        else:
+            problem = None
+        if problem:
+            self.error = problem
             self._html.clear()
 
     def reason(self, cluster_id):

@@ -294,9 +294,16 @@ def test_tsv_cannot_be_written(dataset, capsys):
     assert not [p for p in dataset.iterdir() if p.name.endswith(".tmp")]
 
 
+def curated_spike_clusters(dataset, kept, new_ids, n_new=10):
+    """spike_clusters.npy of a curated dataset: bombcell's clusters ``kept`` with the number of
+    spikes bombcell counted, the others gone into the new clusters ``new_ids`` (merges, splits)."""
+    n_spikes = pr.classify_dataset(dataset).metrics["nSpikes"].astype(int)
+    ids = np.concatenate([np.repeat(kept, n_spikes[kept]), np.repeat(new_ids, n_new)])
+    np.save(dataset / "spike_clusters.npy", np.random.default_rng(0).permutation(ids))
+
+
 def test_phy_clusters_bombcell_does_not_know(dataset, capsys):
-    spike_clusters = np.repeat(np.array([0, 1, 2, 100, 101], dtype=np.int64), 10)
-    np.save(dataset / "spike_clusters.npy", spike_clusters)
+    curated_spike_clusters(dataset, [0, 1, 2], [100, 101])
     assert run_cli("export", dataset, "-v") == 0
     assert "2 phy cluster(s) have no bombcell row" in capsys.readouterr().out
     _, values = read_tsv(dataset / pr.TSV_NAME)
@@ -340,7 +347,7 @@ def test_console_script_runs_without_phy_or_bombcell(dataset):
 
 
 def test_export_keeps_merge_and_split_texts_the_plugin_recorded(dataset):
-    np.save(dataset / "spike_clusters.npy", np.repeat(np.array([0, 1, 100, 101, 102]), 10))
+    curated_spike_clusters(dataset, [0, 1], [100, 101, 102])
     merged = "UNCLASSIFIED: merged from 3, 4 after bombcell ran; re-run bombcell"
     (dataset / pr.TSV_NAME).write_text(
         f"cluster_id\t{pr.COLUMN}\n0\tstale text\n100\t{merged}\n101\tsomething else\n")

@@ -324,11 +324,12 @@ def _read_metrics(path):
     object arrays (bc_unitType)."""
     columns = {}
     for name, values in _read_columns(path).items():
-        values = [np.nan if v is EMPTY_CSV_CELL else v for v in values]
         try:
-            columns[name] = np.array(values, dtype=np.float64)
-        except (TypeError, ValueError):
-            columns[name] = np.array(values, dtype=object)
+            columns[name] = np.array([np.nan if v is EMPTY_CSV_CELL else v for v in values],
+                                     dtype=np.float64)
+        except (TypeError, ValueError):  # text: an empty CSV cell is no text (bc_unitType "")
+            columns[name] = np.array([None if v is EMPTY_CSV_CELL else v for v in values],
+                                     dtype=object)
     return columns
 
 
@@ -858,7 +859,8 @@ def read_saved_labels(dataset_dir, columns, cluster_ids):
     """bombcell's own label per unit: ``bc_unitType`` in the metrics parquet (bombcell >= 0.83),
     else cluster_bc_unitType.tsv.  Returns (labels or None, source description)."""
     if "bc_unitType" in columns:
-        labels = np.array([("" if v is None else str(v)) for v in columns["bc_unitType"]], dtype=object)
+        labels = np.array([("" if v is None or v != v else str(v)) for v in columns["bc_unitType"]],
+                          dtype=object)  # None, or NaN from a CSV twin: no label
         return labels, f"bc_unitType in {METRICS_FILE}"
     tsv = dataset_dir / UNIT_TYPE_TSV
     if not tsv.is_file():

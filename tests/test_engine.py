@@ -365,3 +365,176 @@ def test_install_command(tmp_path, capsys):
     assert run_cli("install", "--config-dir", config_dir) == 0
     assert "already enabled" in capsys.readouterr().out
     assert "import phy_bc_reason_plugin" in (config_dir / "phy_config.py").read_text()
+
+
+# -- a write interrupted half way --------------------------------------------------------------------
+
+_WRITE_UNDER_LIMIT = r"""
+import resource, signal, sys
+import phy_bc_reason_plugin as pr
+# Python ignores SIGXFSZ, so a write past the limit raises EFBIG (as on a full disk); with the
+# default action the kernel kills the writer in the middle of the file.
+if sys.argv[2] == "killed":
+    signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))  # files may not grow past 4 kB
+if sys.argv[2] == "killed":
+    reasons = {i: "MUA: presenceRatio<minPresenceRatio (0.5 < 0.7) " + "x" * 40 for i in range(2000)}
+    pr.write_reason_tsv(sys.argv[1], reasons)
+else:
+    sys.exit(pr.main(["export", sys.argv[1]]))
+"""
+
+
+@pytest.mark.parametrize("how", ["killed", "raise"])
+def test_interrupted_write_leaves_the_previous_tsv_intact(dataset, how):
+    """The writer killed by the kernel (SIGXFSZ) or failing (disk full) half way through: phy's
+    folder still holds the previous, complete TSV (the write goes to a temporary file that is
+    renamed over it only when complete)."""
+    previous = f"cluster_id\t{pr.COLUMN}\n0\tGOOD: passed all thresholds\n"
+    (dataset / pr.TSV_NAME).write_text(previous)
+    proc = subprocess.run([sys.executable, "-c", _WRITE_UNDER_LIMIT, str(dataset), how],
+                          capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert proc.returncode != 0  # it did fail half way
+    if how == "killed":
+        assert proc.returncode == -__import__("signal").SIGXFSZ
+    else:
+        assert proc.returncode == pr.EXIT_INPUT and "File too large" in proc.stderr
+        assert "Traceback" not in proc.stderr
+    assert (dataset / pr.TSV_NAME).read_text() == previous
+    if how == "raise":  # a failure that Python sees cleans up after itself
+        assert not [p for p in os.listdir(dataset) if p.endswith(".tmp")]
+
+
+# -- phy's environment without pyarrow: bombcell's CSV twins -----------------------------------------
+
+_WITHOUT_PYARROW = r"""
+import json, sys
+sys.modules["pyarrow"] = sys.modules["pyarrow.parquet"] = None  # as in `pip install phy` alone
+import phy_bc_reason_plugin as pr
+try:
+    r = pr.classify_dataset(sys.argv[1])
+except pr.BombcellReasonError as e:
+    print(json.dumps({"error": str(e)}))
+else:
+    print(json.dumps({"label": r.label.tolist(), "reason": r.reason.tolist(),
+                      "values": r.values.tolist(), "bombcell_label": r.bombcell_label.tolist(),
+                      "notes": r.notes, "pyarrow": "pyarrow" in sys.modules and sys.modules["pyarrow"] is not None}))
+"""
+
+
+def _classified_without_pyarrow(folder):
+    proc = subprocess.run([sys.executable, "-c", _WITHOUT_PYARROW, str(folder)],
+                          capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("params", [dict(DEFAULTS), dict(DEFAULTS, keepUncertainRPVUnits=True,
+                                                         splitGoodAndMua_NonSomatic=True)])
+def test_csv_twins_read_like_the_parquet_files(tmp_path, params):
+    write_results(tmp_path, params=params, n_units=300, seed=11)
+    ours = pr.classify_dataset(tmp_path)
+    twin = _classified_without_pyarrow(tmp_path)
+    assert twin["pyarrow"] is False
+    assert twin["label"] == ours.label.tolist()
+    assert twin["reason"] == ours.reason.tolist()
+    assert twin["bombcell_label"] == ours.bombcell_label.tolist()
+    np.testing.assert_array_equal(np.array(twin["values"], dtype=float), ours.values)
+    # one reader: the same columns and values from either file
+    parquet = pr._read_columns(tmp_path / "bombcell" / pr.METRICS_FILE)
+    csv_ = pr._read_csv_columns(tmp_path / "bombcell" / pr.METRICS_FILE.replace(".parquet", ".csv"))
+    assert list(parquet) == list(csv_)
+    for name in parquet:
+        a, b = np.array(parquet[name], dtype=object), np.array(csv_[name], dtype=object)
+        if name == "bc_unitType":
+            assert [x or "" for x in a] == [("" if x is pr.EMPTY_CSV_CELL else x) for x in b]
+        else:
+            np.testing.assert_array_equal(a.astype(float), np.array(
+                [np.nan if x is pr.EMPTY_CSV_CELL else x for x in b], dtype=float))
+    from_parquet = pr._read_params(tmp_path / "bombcell" / pr.PARAMS_FILE)
+    from_csv = {k: v[0] for k, v in pr._read_csv_columns(
+        tmp_path / "bombcell" / pr.PARAMS_FILE.replace(".parquet", ".csv")).items()}
+    assert from_parquet == from_csv
+    assert {k: type(v) for k, v in from_parquet.items()} == {k: type(v) for k, v in from_csv.items()}
+
+
+def test_parquet_only_without_pyarrow_says_the_fix(tmp_path):
+    write_results(tmp_path, n_units=10, seed=1)
+    for csv_twin in (tmp_path / "bombcell").glob("*.csv"):
+        csv_twin.unlink()
+    error = _classified_without_pyarrow(tmp_path)["error"]
+    assert "pip install pyarrow" in error and "\n" not in error
+
+
+# -- other bombcell versions ---------------------------------------------------------------------------
+
+def test_newer_bombcell_named_on_every_explanation_and_the_summary(dataset, capsys):
+    params = pd.read_parquet(dataset / "bombcell" / pr.PARAMS_FILE)
+    params["computeDCISI"] = True
+    params["rpvMethod"] = "hill"
+    params.to_parquet(dataset / "bombcell" / pr.PARAMS_FILE)
+    metrics = pd.read_parquet(dataset / "bombcell" / pr.METRICS_FILE)
+    metrics["dcisi_fdr"] = 0.1
+    metrics.drop(columns=["bc_unitType"]).to_parquet(dataset / "bombcell" / pr.METRICS_FILE)
+    result = pr.classify_dataset(dataset)
+    for unit in range(len(result)):
+        assert any("newer than 0.94" in n and "computeDCISI" in n and "dcisi_fdr" in n
+                   for n in result.unit_notes(unit))
+    assert run_cli("export", dataset) == 0
+    out = capsys.readouterr().out
+    assert "newer than 0.94" in out and "rpvMethod" in out and "older" not in out
+
+
+def test_matlab_results_refused_in_one_line(dataset, capsys):
+    params = pd.read_parquet(dataset / "bombcell" / pr.PARAMS_FILE)
+    params["saveMatFileForGUI"] = 1
+    params.to_parquet(dataset / "bombcell" / pr.PARAMS_FILE)
+    _assert_fails_cleanly(dataset, capsys, "MATLAB", "saveMatFileForGUI")
+
+
+def test_known_names_cover_a_real_bombcell_run(demo_dataset):
+    """Every parameter and metric a real bombcell 0.94 run writes is known (no false 'newer')."""
+    params = pr._read_params(demo_dataset / "bombcell" / pr.PARAMS_FILE)
+    metrics = pr._read_columns(demo_dataset / "bombcell" / pr.METRICS_FILE)
+    assert pr.newer_bombcell_names(list(params) + list(metrics)) == []
+    from bombcell.default_parameters import get_default_parameters
+    for version in (2, 4):
+        assert pr.newer_bombcell_names(get_default_parameters("/x", kilosort_version=version)) == []
+
+
+def test_cli_exit_status_is_the_same_in_every_subcommand(tmp_path, capsys):
+    missing = tmp_path / "nope"
+    assert run_cli("export", missing) == run_cli("explain", missing) == pr.EXIT_INPUT
+    write_results(tmp_path / "ds", n_units=5, seed=2)
+    assert run_cli("explain", tmp_path / "ds", "--cluster", 999) == pr.EXIT_INPUT
+    err = capsys.readouterr().err
+    assert "cluster 999: no such cluster" in err and "re-run bombcell" not in err
+    with pytest.raises(SystemExit) as usage:
+        run_cli("explain")
+    assert usage.value.code == pr.EXIT_USAGE
+
+
+def test_every_subcommand_help_has_an_example(capsys):
+    for command in ("export", "explain", "rules", "install", "demo"):
+        with pytest.raises(SystemExit) as done:
+            run_cli(command, "--help")
+        assert done.value.code == 0
+        out = capsys.readouterr().out
+        assert "example:" in out and f"phy-bc-reason {command}" in out
+
+
+def test_demo_never_builds_a_dataset_named_like_an_option(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as done:
+        run_cli("demo", "--", "--help")
+    assert done.value.code == pr.EXIT_USAGE
+    assert not (tmp_path / "--help").exists()
+
+
+def test_json_bombcell_label_of_a_unit_without_spikes(tmp_path, capsys):
+    metrics = metric_table(DEFAULTS, 0, 5)
+    metrics["nSpikes"][:] = [0, 500, 500, 500, 500]
+    write_results(tmp_path, metrics=metrics)
+    assert run_cli("explain", tmp_path, "--json", "--cluster", 0) == 0
+    info = json.loads(capsys.readouterr().out.strip())
+    assert info["label"] == "" and info["bombcell_label"] == ""  # as the README says

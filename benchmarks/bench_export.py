@@ -27,6 +27,10 @@ peak = [line for line in open("/proc/self/status") if line.startswith("VmHWM")][
 print("MAXRSS", peak.split()[1], file=sys.stderr)
 """
 
+BARE_IMPORT = """
+import numpy, pyarrow.parquet
+"""
+
 EXPORT = """
 import phy_bc_reason_plugin
 rc = phy_bc_reason_plugin.main(["export", sys.argv[1]])
@@ -95,11 +99,14 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         dataset = Path(tmp) / "dataset"
         write_results(dataset, params=DEFAULTS, n_units=args.units, seed=0)
+        bare = measure(BARE_IMPORT, dataset, args.repeat)
         ours = measure(EXPORT, dataset, args.repeat)
         notebook = measure(NOTEBOOK, dataset, args.repeat)
     print(f"{args.units} units, median of {args.repeat} runs, each a fresh Python process")
     print(f"{'':28}{'seconds':>10}{'peak MB':>10}")
-    print(f"{'phy-bc-reason export':28}{ours[0]:10.2f}{ours[1]:10.0f}")
+    print(f"{'import numpy, pyarrow.parquet':28}{bare[0]:10.2f}{bare[1]:10.0f}")
+    print(f"{'phy-bc-reason export':28}{ours[0]:10.2f}{ours[1]:10.0f}"
+          f"   ({ours[0] / bare[0]:.2f}x the bare import; goal <= 1.5x)")
     print(f"{'notebook (bombcell + loop)':28}{notebook[0]:10.2f}{notebook[1]:10.0f}")
     print(f"speed-up {notebook[0] / ours[0]:.1f}x, memory {notebook[1] / ours[1]:.1f}x less")
 

@@ -538,3 +538,27 @@ def test_json_bombcell_label_of_a_unit_without_spikes(tmp_path, capsys):
     assert run_cli("explain", tmp_path, "--json", "--cluster", 0) == 0
     info = json.loads(capsys.readouterr().out.strip())
     assert info["label"] == "" and info["bombcell_label"] == ""  # as the README says
+
+
+@pytest.mark.parametrize("flag", ["keepUncertainRPVUnits", "splitGoodAndMua_NonSomatic",
+                                  "extractRaw", "computeDrift", "computeDistanceMetrics",
+                                  "computeSpatialDecay"])
+@pytest.mark.parametrize("value", [float("nan"), None])
+def test_flag_saved_as_nan_or_null_read_as_bombcell_reads_the_file(tmp_path, flag, value):
+    """Through the files: bombcell's own saver and loader (pandas) against our reader."""
+    import contextlib
+    import io
+    import bombcell
+    params = dict(DEFAULTS, **{flag: value})
+    write_results(tmp_path, params=params, n_units=200, seed=4, labels=False)
+    with contextlib.redirect_stdout(io.StringIO()):
+        param, metrics, _ = bombcell.load_bc_results(str(tmp_path / "bombcell"))
+        try:
+            _, expected = bombcell.get_quality_unit_type(param, metrics)
+        except TypeError:  # computeSpatialDecay NaN/None: bombcell's `&` raises
+            expected = None
+    if expected is None:
+        with pytest.raises(pr.BombcellReasonError, match=flag):
+            pr.classify_dataset(tmp_path)
+    else:
+        assert pr.classify_dataset(tmp_path).label.tolist() == list(expected)

@@ -629,8 +629,13 @@ class Classification:
     """Labels, reasons and every criterion of every unit of one bombcell run."""
 
     def __init__(self, params, metrics, cluster_ids, bombcell_label=None, notes=(), source_mtime=0.0,
-                 source="", version_note=None):
+                 source="", version_note=None, changes=None, real=None):
         self.params = params
+        # A what-if (see what_if): the parameters changed from the saved ones, and the real
+        # classification it was derived from (itself when this is the real one).
+        self.changes = dict(changes or {})
+        self.real = real if real is not None else self
+        self._text_cache = {}  # see _criterion_texts
         self.version_note = version_note  # results of a newer bombcell: said on every unit
         self.metrics = metrics
         self.cluster_ids = np.asarray(cluster_ids, dtype=np.int64)
@@ -646,6 +651,8 @@ class Classification:
                                else np.full(len(self.cluster_ids), None, dtype=object))
         saved = self.bombcell_label
         self.label_differs = np.not_equal(saved, None) & (saved != self.label)
+        if self.changes:  # a what-if differs from bombcell's saved labels on purpose
+            self.label_differs = np.zeros(len(self.cluster_ids), dtype=bool)
         self._row = {int(c): i for i, c in enumerate(self.cluster_ids)}
         self.reason = self._reasons()
 
@@ -669,11 +676,22 @@ class Classification:
         texts = np.full(len(self), "", dtype=object)
         for i in np.unique(first[count > 0]):
             units = np.flatnonzero((first == i) & (count > 0))
-            texts[units] = [criterion_text(RULES[i], v, self.thresholds[i])
-                            for v in self.values[i, units]]
+            texts[units] = self._criterion_texts(i, units)
         more = count > 1
         texts[more] += np.char.add(" +", (count[more] - 1).astype(str)).astype(object) + " more"
         return texts, count > 0
+
+    def _criterion_texts(self, i, units):
+        """criterion_text of rule ``i`` for ``units``, cached per rule and threshold and shared
+        with what-ifs (the same metrics): a what-if formats only what its changes changed."""
+        cache = self.real._text_cache
+        key = (i, float(self.thresholds[i]))
+        texts = cache.get(key)
+        if texts is None:
+            texts = cache[key] = np.full(len(self), None, dtype=object)
+        todo = units[np.equal(texts[units], None)]
+        texts[todo] = [criterion_text(RULES[i], v, self.thresholds[i]) for v in self.values[i, todo]]
+        return texts[units]
 
     def _reasons(self):
         codes = self.codes
@@ -706,6 +724,17 @@ class Classification:
 
     def reason_by_cluster(self):
         return dict(zip(self.cluster_ids.tolist(), self.reason.tolist()))
+
+    def what_if(self, changes):
+        """A new classification with some parameters changed (``{"maxRPVviolations": 0.5}``),
+        from the metrics already in memory: no file is read.  Changes add up
+        (``c.what_if(a).what_if(b)``); ``c.real`` is the classification of the saved parameters.
+        Raises BombcellReasonError naming an unknown parameter or a bad value."""
+        return what_if(self, changes)
+
+    def summary(self):
+        """Counts per label and, per criterion, failing units and sole blockers (see summarize)."""
+        return summarize(self)
 
     # -- one cluster ---------------------------------------------------------------------------
 
@@ -952,6 +981,231 @@ def classify_dataset(dataset_dir, bombcell_dir=None):
 
 
 # ------------------------------------------------------------------------------------------------
+# What-if thresholds and the population view
+# ------------------------------------------------------------------------------------------------
+# A what-if re-evaluates the rule table on the metrics already in memory, with some parameters
+# changed: the labels are bombcell's own for those parameters (tests/test_whatif.py checks them
+# against bombcell.get_quality_unit_type).  The summary counts, per criterion, the units that
+# fail it and its sole blockers: units that turn GOOD when that one threshold is relaxed, with
+# everything else as it is.
+
+# The flags a what-if may switch; every other settable parameter is a threshold.
+FLAG_PARAMS = tuple(dict.fromkeys([flag for r in RULES for flag, _ in r.enabled_when]
+                                  + ["splitGoodAndMua_NonSomatic", "keepUncertainRPVUnits"]))
+SETTABLE_PARAMS = tuple(dict.fromkeys(list(CLASSIFICATION_PARAMS) + list(FLAG_PARAMS)))
+WHATIF_COLUMN = "bc_whatIfReason"  # the column of a what-if export: never phy's reason column
+WHATIF_PARAMS_NAME = "bombcell_whatif_parameters.json"  # phy's "Save what-if parameters"
+_TRUE_WORDS, _FALSE_WORDS = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+QUANTILES = (("min", 0.0), ("q05", 0.05), ("q25", 0.25), ("median", 0.5), ("q75", 0.75),
+             ("q95", 0.95), ("max", 1.0))
+
+
+def parse_setting(text):
+    """``"PARAM=VALUE"`` (the CLI's ``--set``) as (PARAM, VALUE as text)."""
+    key, sep, value = str(text).partition("=")
+    if not sep or not key.strip() or not value.strip():
+        raise BombcellReasonError(f"--set {text!r}: expected PARAM=VALUE, e.g. --set maxRPVviolations=0.5")
+    return key.strip(), value.strip()
+
+
+def check_change(key, value):
+    """A what-if value as bombcell would read it: True/False for a flag, a float (inf allowed,
+    NaN not: it would silently switch the test off) for a threshold.  Text is parsed.  Raises
+    BombcellReasonError naming the parameter."""
+    if key not in SETTABLE_PARAMS:
+        import difflib
+        close = difflib.get_close_matches(str(key), SETTABLE_PARAMS, n=1)
+        raise BombcellReasonError(
+            f"unknown parameter {key!r}" + (f" (did you mean {close[0]}?)" if close else "")
+            + f"; settable: {', '.join(SETTABLE_PARAMS)}")
+    if key in FLAG_PARAMS:
+        if isinstance(value, str) and value.strip().lower() in _TRUE_WORDS + _FALSE_WORDS:
+            return value.strip().lower() in _TRUE_WORDS
+        if isinstance(value, (bool, np.bool_)) or (isinstance(value, (int, np.integer))
+                                                   and value in (0, 1)):
+            return bool(value)
+        raise BombcellReasonError(f"bad value for flag {key}: {value!r} (use true or false)")
+    try:
+        if isinstance(value, (bool, np.bool_)):
+            raise ValueError
+        number = float(value)
+    except (TypeError, ValueError):
+        raise BombcellReasonError(f"bad value for threshold {key}: {value!r} (not a number)") from None
+    if np.isnan(number):
+        raise BombcellReasonError(f"bad value for threshold {key}: NaN (it would pass every unit; "
+                                  f"use inf or -inf to relax the test)")
+    return number
+
+
+def check_changes(changes):
+    """Every change checked (check_change); a list of "PARAM=VALUE" texts is accepted too."""
+    if not isinstance(changes, dict):
+        changes = dict(parse_setting(text) for text in changes)
+    return {key: check_change(key, value) for key, value in changes.items()}
+
+
+def what_if(result, changes):
+    """``result`` re-classified with ``changes`` on top of its own changes (see
+    Classification.what_if).  Only the rule table runs again: ~20 ms for 10,000 units."""
+    changes = dict(result.changes, **check_changes(changes))
+    real = result.real
+    changes = {k: v for k, v in changes.items() if not _same_value(k, real.params.get(k), v)}
+    if not changes:
+        return real
+    params = dict(real.params, **changes)
+    return Classification(params, real.metrics, real.cluster_ids, real.bombcell_label,
+                          real.notes, real.source_mtime, real.source, real.version_note,
+                          changes=changes, real=real)
+
+
+def _same_value(key, saved, value):
+    """Whether a change leaves bombcell's reading of a parameter as saved (then it is no
+    change).  Flags must match in type too: bombcell's ``&`` reads 2 and True differently."""
+    try:
+        if key in FLAG_PARAMS:
+            return isinstance(saved, (bool, np.bool_)) and bool(saved) == value
+        return float(saved) == value
+    except (TypeError, ValueError):
+        return False
+
+
+def changes_text(result):
+    """``maxRPVviolations=0.5 (saved 0.1), ...``: what a what-if changed, for every display."""
+    saved = result.real.params
+    return ", ".join(f"{k}={_param_text(v)} (saved {_param_text(saved.get(k))})"
+                     for k, v in result.changes.items())
+
+
+def _param_text(value):
+    if isinstance(value, (bool, np.bool_)) or value is None:
+        return str(value)
+    try:
+        return format_number(value, digits=None)
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def whatif_header(result):
+    """One line that says plainly that labels are a what-if, or "" for the real ones."""
+    if not result.changes:
+        return ""
+    return (f"WHAT-IF (not bombcell's saved labels): {changes_text(result)}; labels are "
+            f"bombcell's under these parameters")
+
+
+def relaxed_value(rule):
+    """The threshold that relaxes ``rule`` completely: no value fails ``> inf`` or ``< -inf``."""
+    return np.inf if rule.op == ">" else -np.inf
+
+
+def sole_blockers(result):
+    """(n_rules, n_units) bool: the units that bombcell would label GOOD if only this rule's
+    threshold were relaxed (set to relaxed_value), all else unchanged.  One vectorised
+    re-labelling per rule (_unit_codes, bombcell's order); a route-A unit counts for each of the
+    four shape tests whose relaxing frees it.  The isnan rule has no threshold: never."""
+    blockers = np.zeros_like(result.fails)
+    not_good = result.codes != GOOD
+    n_spikes = np.asarray(result.metrics["nSpikes"], dtype=float)
+    for i, rule in enumerate(RULES):
+        units = np.flatnonzero(result.fails[i] & not_good)
+        if rule.op == "isnan" or not len(units):
+            continue
+        fails = result.fails[:, units].copy()
+        fails[i] = False
+        blockers[i, units] = _unit_codes(result.params, n_spikes[units], fails) == GOOD
+    return blockers
+
+
+def _quantiles(values):
+    finite = values[~np.isnan(values)]
+    if not len(finite):
+        return {name: None for name, _ in QUANTILES}
+    with np.errstate(invalid="ignore"):
+        qs = np.quantile(finite, [q for _, q in QUANTILES])
+    return {name: _json_number(q) for (name, _), q in zip(QUANTILES, qs)}
+
+
+def summarize(result):
+    """The population view: {"n_units", "labels": counts, "what_if": changes, "criteria": [...]}
+    with one dict per criterion (stage, metric, op, param, threshold, enabled, n_fail, n_kept,
+    n_decisive, n_sole_blocker, n_nan, quantiles of the metric), the ones blocking the most units
+    first.  Counted over labelled units (bombcell leaves units without spikes unlabelled)."""
+    labelled = ~np.isnan(result.codes)
+    blockers = sole_blockers(result)
+    flags = enabled_flags(result.params)
+    criteria = []
+    for i, rule in enumerate(RULES):
+        values = result.values[i, labelled]
+        criteria.append({
+            "stage": rule.stage + (f" {rule.route}" if rule.route else ""),
+            "metric": rule.metric, "op": rule.op, "param": rule.param,
+            "criterion": rule.name,
+            "threshold": _json_number(result.thresholds[i]) if rule.param else None,
+            "enabled": rule_enabled(rule, result.params, flags),
+            "n_fail": int(result.fails[i, labelled].sum()),
+            "n_kept": int(result.kept[i, labelled].sum()),
+            "n_decisive": int(result.decisive[i, labelled].sum()),
+            "n_sole_blocker": int(blockers[i, labelled].sum()) if rule.op != "isnan" else None,
+            "n_nan": int(np.isnan(values).sum()),
+            "quantiles": _quantiles(values),
+        })
+    order = sorted(range(len(RULES)), key=lambda i: (-(criteria[i]["n_sole_blocker"] or 0),
+                                                     -criteria[i]["n_fail"], i))
+    return {"n_units": len(result), "labels": label_counts(result.label),
+            "what_if": {k: _json_param(v) for k, v in result.changes.items()},
+            "criteria": [criteria[i] for i in order]}
+
+
+def _json_param(value):
+    return bool(value) if isinstance(value, (bool, np.bool_)) else _json_number(value)
+
+
+def format_summary(summary):
+    """The summary as text (``phy-bc-reason summary``, phy's *Bombcell summary*)."""
+    counts = ", ".join(f"{k} {v}" for k, v in summary["labels"].items())
+    lines = [f"{summary['n_units']} units: {counts}",
+             f"  {'stage':13} {'criterion: fails when':58} {'threshold':>10} {'fail':>6} "
+             f"{'sole':>6} {'decides':>7}   {'metric: q05 / median / q95':28}"]
+    for c in summary["criteria"]:
+        if not c["enabled"]:
+            continue
+        q = c["quantiles"]
+        spread = " / ".join(_fmt_json(q[k]) for k in ("q05", "median", "q95"))
+        sole = "-" if c["n_sole_blocker"] is None else c["n_sole_blocker"]
+        lines.append(f"  {c['stage']:13} {c['criterion']:58} {_fmt_json(c['threshold']):>10} "
+                     f"{c['n_fail']:>6} {sole:>6} {c['n_decisive']:>7}   {spread}")
+    off = [c["criterion"] for c in summary["criteria"] if not c["enabled"]]
+    lines.append("  fail: units failing it; sole: units that turn GOOD when this threshold alone is "
+                 "relaxed; decides: units whose label it decides")
+    if off:
+        lines.append(f"  switched off by the saved flags: {', '.join(off)}")
+    return "\n".join(lines)
+
+
+def write_params_file(path, changes):
+    """Write the changed parameters as a JSON object ``{param: value}``, atomically, for
+    bombcell's own run: ``param.update(json.load(f))`` before ``bombcell.run_bombcell(ks_dir,
+    save_path, param)`` (see the README).  Returns the path."""
+    path = Path(path).expanduser()
+    # json writes inf as Infinity, which Python's json reads back as float("inf")
+    text = json.dumps({k: bool(v) if isinstance(v, (bool, np.bool_)) else float(v)
+                       for k, v in changes.items()}, indent=1) + "\n"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return path
+
+
+# ------------------------------------------------------------------------------------------------
 # The TSV phy reads
 # ------------------------------------------------------------------------------------------------
 
@@ -961,17 +1215,18 @@ def _tsv_safe(text):
     return text.encode("ascii", "replace").decode("ascii")
 
 
-def write_reason_tsv(dataset_dir, reasons):
+def write_reason_tsv(dataset_dir, reasons, path=None, column=COLUMN):
     """Write ``cluster_bc_classificationReason.tsv`` atomically: a temporary file in the same
     folder, flushed to disk, then renamed over the old one, so phy never reads half a file and a
-    failed write leaves the previous file as it was."""
+    failed write leaves the previous file as it was.  (``path``/``column``: another file, for
+    what-if exports.)"""
     import csv
-    path = dataset_path(dataset_dir) / TSV_NAME
+    path = dataset_path(dataset_dir) / TSV_NAME if path is None else Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{TSV_NAME}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", newline="", encoding="ascii") as f:
             writer = csv.writer(f, delimiter="\t", lineterminator="\n")
-            writer.writerow(["cluster_id", COLUMN])
+            writer.writerow(["cluster_id", column])
             for cluster_id in sorted(reasons):
                 writer.writerow([int(cluster_id), _tsv_safe(reasons[cluster_id])])
             f.flush()
@@ -1232,7 +1487,36 @@ def _summary_line(result, notes):
     return line + (f"; {result.version_note}" if result.version_note else "")
 
 
+def _cmd_export_whatif(args):
+    """export --set/--out: the what-if reasons into FILE (column bc_whatIfReason), never into
+    the dataset's reasons TSV."""
+    folder = args.dataset[0]
+    out = Path(args.out).expanduser()
+    if out.resolve() == (dataset_path(folder) / TSV_NAME).resolve():
+        raise BombcellReasonError(f"--out {out}: that is phy's reasons TSV; a what-if is written "
+                                  f"elsewhere (it never replaces the real reasons)")
+    args.dataset = folder
+    result, reasons, notes = _whatif_reasons(args)
+    try:
+        path = write_reason_tsv(folder, reasons, path=out,
+                                column=WHATIF_COLUMN if result.changes else COLUMN)
+    except OSError as e:
+        raise BombcellReasonError(f"{out}: cannot be written ({e.strerror or e})") from None
+    print(f"{path}: {_summary_line(result, notes)}" + (f"; {whatif_header(result)}"
+                                                       if result.changes else ""), flush=True)
+    return EXIT_OK
+
+
 def _cmd_export(args):
+    if args.set and not args.out:
+        print("phy-bc-reason export: error: --set needs --out FILE: a what-if never replaces "
+              f"{TSV_NAME}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.out and len(args.dataset) > 1:
+        print("phy-bc-reason export: error: --out takes one dataset", file=sys.stderr)
+        return EXIT_USAGE
+    if args.out:
+        return _cmd_export_whatif(args)
     failed = 0
     total = len(args.dataset)
     for i, folder in enumerate(args.dataset, 1):
@@ -1251,8 +1535,44 @@ def _cmd_export(args):
     return EXIT_INPUT if failed else EXIT_OK
 
 
-def _cmd_explain(args):
+def _whatif_reasons(args):
+    """dataset_reasons, then the what-if of ``--set`` (checked before anything is printed or
+    written), then ``--save-params``.  Returns (classification, reasons, notes)."""
+    changes = check_changes(args.set or [])
     result, reasons, notes = dataset_reasons(args.dataset, args.bombcell_dir)
+    if changes:
+        result = result.what_if(changes)
+        reasons.update(result.reason_by_cluster())
+    if getattr(args, "save_params", None):
+        if not result.changes:
+            raise BombcellReasonError("--save-params: nothing to save; change parameters with --set")
+        try:
+            path = write_params_file(args.save_params, result.changes)
+        except OSError as e:
+            raise BombcellReasonError(f"{args.save_params}: cannot be written ({e.strerror or e})") from None
+        print(f"wrote the changed parameters to {path}", file=sys.stderr)
+    return result, reasons, notes
+
+
+def _cmd_summary(args):
+    result, _, notes = _whatif_reasons(args)
+    summary = result.summary()
+    if args.json:
+        for criterion in summary["criteria"]:
+            print(json.dumps(dict(criterion, what_if=summary["what_if"])))
+        return EXIT_OK
+    if result.changes:
+        print(whatif_header(result))
+    print(format_summary(summary))
+    for note in notes:
+        print(f"note: {note}")
+    return EXIT_OK
+
+
+def _cmd_explain(args):
+    result, reasons, notes = _whatif_reasons(args)
+    if result.changes and not args.json:
+        print(whatif_header(result))
     cluster_ids = args.cluster if args.cluster else sorted(reasons)
     missing = []
     for cluster_id in cluster_ids:
@@ -1266,6 +1586,8 @@ def _cmd_explain(args):
             if info is None:  # a cluster made in phy after bombcell ran
                 info = {"cluster_id": int(cluster_id), "label": None, "bombcell_label": None,
                         "reason": reasons[cluster_id], "criteria": [], "decisive": [], "notes": []}
+            if result.changes:
+                info["what_if"] = {k: _json_param(v) for k, v in result.changes.items()}
             print(json.dumps(info))
         elif args.cluster:
             print(format_explanation(info) if info else f"cluster {cluster_id}: {reasons[cluster_id]}")
@@ -1336,8 +1658,18 @@ EXIT_INPUT = 1  # a dataset could not be explained (missing, unreadable, foreign
 #                 results bombcell itself cannot classify), or a cluster asked for does not exist
 EXIT_USAGE = 2  # the command line itself is wrong (argparse's status)
 EXIT_CODES = (f"exit status: {EXIT_OK} success; {EXIT_INPUT} a dataset could not be explained "
-              f"(one line on stderr says why and how to fix it) or a cluster asked for does not "
-              f"exist; {EXIT_USAGE} wrong command line")
+              f"(one line on stderr says why and how to fix it), a cluster asked for does not "
+              f"exist, or --set names an unknown parameter or a bad value; {EXIT_USAGE} wrong "
+              f"command line")
+
+
+def _whatif_options(p):
+    p.add_argument("--set", action="append", metavar="PARAM=VALUE",
+                   help="what-if: classify with this parameter changed (repeatable; flags take "
+                        "true/false).  Labels are bombcell's under the changed parameters")
+    p.add_argument("--save-params", metavar="FILE",
+                   help="with --set: write the changed parameters as JSON for bombcell's own run "
+                        "(param.update(json.load(open(FILE))) before bombcell.run_bombcell)")
 
 
 def build_parser():
@@ -1367,6 +1699,10 @@ def build_parser():
     p.add_argument("dataset", nargs="+", help="Kilosort/phy dataset folder (or its params.py)")
     p.add_argument("--bombcell-dir", help="bombcell results folder (default: DATASET/bombcell)")
     p.add_argument("-v", "--verbose", action="store_true", help="print notes about each dataset")
+    _whatif_options(p)
+    p.add_argument("--out", metavar="FILE",
+                   help=f"write the reasons to FILE instead (required with --set; a what-if's "
+                        f"column is {WHATIF_COLUMN})")
     p.set_defaults(func=_cmd_export)
 
     p = sub_parser(
@@ -1381,7 +1717,21 @@ def build_parser():
     p.add_argument("--cluster", type=int, action="append", metavar="ID",
                    help="explain this cluster in full (repeatable)")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
+    _whatif_options(p)
     p.set_defaults(func=_cmd_explain)
+
+    p = sub_parser(
+        "summary", "counts per label, and per criterion the units it fails and blocks",
+        "Counts per label, and for every criterion: its threshold, the units failing it, its "
+        "sole blockers (units that turn GOOD when that threshold alone is relaxed) and the "
+        "metric's quantiles.  Thresholds that block the most units first.",
+        ["phy-bc-reason summary path/to/kilosort_output",
+         "phy-bc-reason summary path/to/kilosort_output --set maxRPVviolations=0.2 --json"])
+    p.add_argument("dataset", help="Kilosort/phy dataset folder (or its params.py)")
+    p.add_argument("--bombcell-dir", help="bombcell results folder (default: DATASET/bombcell)")
+    p.add_argument("--json", action="store_true", help="one JSON object per criterion and line")
+    _whatif_options(p)
+    p.set_defaults(func=_cmd_summary)
 
     p = sub_parser("rules", "print the rule table (Markdown)",
                    "Print bombcell 0.94's classification rules, as this tool applies them, as a "

@@ -1206,6 +1206,120 @@ def write_params_file(path, changes):
 
 
 # ------------------------------------------------------------------------------------------------
+# Re-running bombcell (in a child process: phy's *Re-run bombcell*, ``phy-bc-reason rerun``)
+# ------------------------------------------------------------------------------------------------
+# bombcell runs on the saved clustering (its loader follows spike_clusters.npy, so clusters merged
+# or split in phy get rows) with the saved parameters, into a new folder next to the results;
+# only when it succeeded are its phy TSVs moved into the dataset and the folders swapped
+# (DATASET/bombcell -> DATASET/bombcell.previous).  A failed or killed run leaves the previous
+# results and every TSV as they were (the caller removes the new folder).
+
+RERUN_PREFIX = ".bombcell-rerun-"  # the new results folder while bombcell runs
+PREVIOUS_DIRNAME = BOMBCELL_DIRNAME + ".previous"  # the results a successful re-run replaced
+RERUN_DONE = "phy-bc-reason rerun: done"  # the child's last line on success
+_RAW_RULES = tuple(r.name for r in RULES if ("extractRaw", True) in r.enabled_when)
+
+
+def rerun_plan(dataset_dir, changes=None):
+    """(bombcell's param dict, notes) for a re-run: the saved parameters (DATASET/bombcell),
+    ``changes`` on top, no plots, no TSVs written by bombcell itself (they are moved in after
+    success).  Without the raw data file bombcell had, the raw-data tests are switched off and a
+    note says which."""
+    dataset = dataset_path(dataset_dir)
+    params_file = dataset / BOMBCELL_DIRNAME / PARAMS_FILE
+    param = dict(_read_params(params_file))
+    param.update(check_changes(changes or {}))
+    notes = []
+    raw = param.get("raw_data_file")
+    if _truth(param, "extractRaw") if "extractRaw" in param else False:
+        if not raw or not Path(str(raw)).is_file():
+            param["raw_data_file"] = None
+            param["extractRaw"] = False
+            notes.append(f"raw data file {raw or '(none saved)'} not found: raw waveforms are not "
+                         f"extracted and the raw-data tests are off ({', '.join(_RAW_RULES)})")
+    elif raw:
+        notes.append(f"extractRaw is off in the saved parameters: {', '.join(_RAW_RULES)} stay off")
+    param.update(ephysKilosortPath=str(dataset), plotGlobal=False, plotDetails=False,
+                 savePlots=False, saveAsTSV=False, verbose=True)
+    return param, notes
+
+
+def rerun_bombcell(dataset_dir, changes=None, log=print):
+    """Run bombcell again on a dataset (in this process: call it in a child process).  Returns
+    the results folder.  Raises on failure, after which nothing in the dataset has changed but
+    the new folder (``RERUN_PREFIX<pid>``), which the caller removes."""
+    import contextlib
+    dataset = dataset_path(dataset_dir)
+    param, notes = rerun_plan(dataset, changes)
+    saved_tsv = _truth(_read_params(dataset / BOMBCELL_DIRNAME / PARAMS_FILE), "saveAsTSV") \
+        if "saveAsTSV" in param else True
+    for note in notes:
+        log(f"note: {note}")
+    new = dataset / f"{RERUN_PREFIX}{os.getpid()}"
+    log(f"running bombcell on {dataset} into {new.name} (the saved clustering, saved parameters"
+        + (f", changed: {', '.join(f'{k}={_param_text(v)}' for k, v in check_changes(changes).items())}"
+           if changes else "") + ")")
+    import matplotlib
+    matplotlib.use("Agg")
+    with contextlib.redirect_stdout(sys.stderr):  # bombcell prints; our stdout stays ours
+        import bombcell
+        from bombcell.save_utils import save_quality_metrics_and_verify
+        quality_metrics, param, _, unit_type_string = bombcell.run_bombcell(
+            str(dataset), str(new), param)[:4]
+        tsv_dir = new / "phy_tsv"
+        if saved_tsv:  # bombcell's own TSV writer, into the new folder first
+            ids = param.get("unique_templates", quality_metrics["phy_clusterID"])
+            save_quality_metrics_and_verify(quality_metrics, unit_type_string, ids, str(new),
+                                            dict(param, saveAsTSV=True), str(tsv_dir))
+    install_rerun(dataset, new)
+    log(RERUN_DONE)
+    return dataset / BOMBCELL_DIRNAME
+
+
+def install_rerun(dataset_dir, new):
+    """Swap a finished re-run in: its phy TSVs into the dataset (one atomic rename each), then
+    DATASET/bombcell -> DATASET/bombcell.previous and the new folder -> DATASET/bombcell."""
+    import shutil
+    dataset = dataset_path(dataset_dir)
+    new = Path(new)
+    tsv_dir = new / "phy_tsv"
+    if tsv_dir.is_dir():
+        for tsv in sorted(tsv_dir.glob("cluster_*.tsv")):
+            os.replace(tsv, dataset / tsv.name)
+        tsv_dir.rmdir()
+    current, previous = dataset / BOMBCELL_DIRNAME, dataset / PREVIOUS_DIRNAME
+    if previous.exists():
+        shutil.rmtree(previous)
+    if current.exists():
+        os.replace(current, previous)
+    try:
+        os.replace(new, current)
+    except OSError:
+        if previous.exists() and not current.exists():
+            os.replace(previous, current)
+        raise
+
+
+def _cmd_rerun(args):
+    changes = check_changes(args.set or [])
+    rerun_plan(args.dataset, changes)  # unreadable parameters: one line, before bombcell starts
+    dataset = dataset_path(args.dataset)
+    try:
+        rerun_bombcell(dataset, changes, log=lambda line: print(line, flush=True))
+    except BaseException as e:
+        import shutil
+        shutil.rmtree(dataset / f"{RERUN_PREFIX}{os.getpid()}", ignore_errors=True)
+        if isinstance(e, ImportError):
+            raise BombcellReasonError(f"bombcell cannot be imported in {sys.executable} ({e}); "
+                                      f"pip install bombcell into this environment") from None
+        if isinstance(e, (KeyboardInterrupt, SystemExit, BombcellReasonError)):
+            raise
+        raise BombcellReasonError(f"bombcell failed ({_one_line(e)}); the previous results "
+                                  f"are untouched") from None
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------------------------------
 # The TSV phy reads
 # ------------------------------------------------------------------------------------------------
 
@@ -1732,6 +1846,19 @@ def build_parser():
     p.add_argument("--json", action="store_true", help="one JSON object per criterion and line")
     _whatif_options(p)
     p.set_defaults(func=_cmd_summary)
+
+    p = sub_parser(
+        "rerun", "run bombcell again on the saved clustering (what phy's Re-run bombcell does)",
+        "Run bombcell again on DATASET's saved clustering with its saved parameters (changed by "
+        "--set), into a new folder; on success its TSVs move into DATASET and DATASET/bombcell "
+        f"becomes DATASET/{PREVIOUS_DIRNAME}.  A failed run changes nothing.  Needs bombcell in "
+        "this Python environment.",
+        ["phy-bc-reason rerun path/to/kilosort_output",
+         "phy-bc-reason rerun path/to/kilosort_output --set maxRPVviolations=0.2"])
+    p.add_argument("dataset", help="Kilosort/phy dataset folder (or its params.py)")
+    p.add_argument("--set", action="append", metavar="PARAM=VALUE",
+                   help="run with this parameter changed (repeatable)")
+    p.set_defaults(func=_cmd_rerun)
 
     p = sub_parser("rules", "print the rule table (Markdown)",
                    "Print bombcell 0.94's classification rules, as this tool applies them, as a "

@@ -1069,7 +1069,7 @@ def _same_value(key, saved, value):
         return False
 
 
-def changes_text(result):
+def whatif_changes_text(result):
     """``maxRPVviolations=0.5 (saved 0.1), ...``: what a what-if changed, for every display."""
     saved = result.real.params
     return ", ".join(f"{k}={_param_text(v)} (saved {_param_text(saved.get(k))})"
@@ -1089,7 +1089,7 @@ def whatif_header(result):
     """One line that says plainly that labels are a what-if, or "" for the real ones."""
     if not result.changes:
         return ""
-    return (f"WHAT-IF (not bombcell's saved labels): {changes_text(result)}; labels are "
+    return (f"WHAT-IF (not bombcell's saved labels): {whatif_changes_text(result)}; labels are "
             f"bombcell's under these parameters")
 
 
@@ -1271,6 +1271,11 @@ def rerun_bombcell(dataset_dir, changes=None, log=print):
             ids = param.get("unique_templates", quality_metrics["phy_clusterID"])
             save_quality_metrics_and_verify(quality_metrics, unit_type_string, ids, str(new),
                                             dict(param, saveAsTSV=True), str(tsv_dir))
+    try:  # from here on a cancel (SIGTERM) would leave the swap half done: finish it
+        import signal
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    except ValueError:  # not the main thread (called as a library): no signals to mind
+        pass
     install_rerun(dataset, new)
     log(RERUN_DONE)
     return dataset / BOMBCELL_DIRNAME
@@ -2131,6 +2136,269 @@ class ReasonBook:
         return _explanation_html(info)
 
 
+WHATIF_PREFIX = "WHAT-IF "  # starts every classified row of the column during a what-if
+
+
+class _WhatIfBook(ReasonBook):
+    """The book phy shows during a what-if: the what-if classification's reasons, each row
+    starting with "WHAT-IF ", the view with a banner naming the changes.  Clusters without a
+    bombcell row keep the real book's texts."""
+
+    def __init__(self, whatif, real_book):
+        super().__init__(classification=whatif)
+        self.real_book = real_book
+        self.adopt_origins(real_book)
+
+    def reason(self, cluster_id):
+        text = super().reason(cluster_id)
+        return WHATIF_PREFIX + text if int(cluster_id) in self._base else text
+
+    def html(self, cluster_ids):
+        page = super().html(cluster_ids)
+        banner = (f"<p style='color:#e0b040'><b>WHAT-IF</b> (not bombcell's saved labels): "
+                  f"{_esc(whatif_changes_text(self.classification))}; :bcreset to go back</p>")
+        return page.replace("<body>", "<body>" + banner, 1)
+
+
+class _WhatIfLogic:
+    """The plugin's what-if, summary, metric view and re-run (a part of _PluginLogic).
+
+    During a what-if ``self.book`` is a _WhatIfBook, so the column, the views and the tooltips
+    show it; ``self.real_book`` is the saved classification's, which phy's save writes."""
+
+    def _init_whatif(self):
+        self._real_book = None
+        self.metric_views = []
+        self.summary_views = []
+        self.run = None
+
+    @property
+    def real_book(self):
+        return self._real_book if getattr(self, "_real_book", None) is not None else self.book
+
+    @property
+    def whatif_changes(self):
+        return dict(self.book.classification.changes) if self._real_book is not None else {}
+
+    def shown_classification(self):
+        return self.book.classification if self.book.ok else None
+
+    def _register_whatif_views(self, controller):
+        controller.view_creator[METRIC_VIEW_NAME] = self._create_metric_view
+        controller.view_creator[SUMMARY_VIEW_NAME] = self._create_summary_view
+
+    def _create_metric_view(self):
+        _define_phy_classes()
+        return sys.modules[__name__].BombcellMetricView(self)
+
+    def _create_summary_view(self):
+        _define_phy_classes()
+        return sys.modules[__name__].BombcellSummaryView(self)
+
+    def _create_whatif_actions(self, actions):
+        actions.separator()
+        actions.add(self._action_bcset, name="what-if: set a parameter", alias="bcset",
+                    prompt=True, n_args=2,
+                    docstring="What-if: classify as if PARAM were VALUE (cumulative; negative "
+                              "values as m0.01). Example: `maxRPVviolations 0.3`")
+        actions.add(self._action_bcreset, name="what-if: back to the saved parameters",
+                    alias="bcreset")
+        actions.add(self._action_save_whatif, name="what-if: save the changed parameters",
+                    alias="bcsave")
+        actions.separator()
+        actions.add(self._action_summary, name="bombcell summary", alias="bcsum")
+        actions.add(self._action_metric_view, name="bombcell metric view", alias="bcplot")
+        actions.separator()
+        actions.add(self._action_rerun, name="re-run bombcell", alias="bcrun")
+        actions.add(self._action_cancel_rerun, name="cancel the bombcell re-run", alias="bccancel")
+
+    @_guarded("the :bcset snippet")
+    def _action_bcset(self, param, value):
+        """What-if: classify as if PARAM were VALUE (cumulative).  Example: `maxRPVviolations 0.3`"""
+        self.set_whatif({str(param): _snippet_value(value)})
+
+    @_guarded("the :bcreset snippet")
+    def _action_bcreset(self):
+        """Back to the saved parameters: the real labels and reasons."""
+        self.reset_whatif()
+
+    @_guarded("Save what-if parameters")
+    def _action_save_whatif(self):
+        """Write the what-if's changed parameters as JSON for bombcell's own run."""
+        self.save_whatif_params()
+
+    @_guarded("Bombcell summary")
+    def _action_summary(self):
+        """Counts per label; per criterion the units failing it and its sole blockers."""
+        self.show_summary()
+
+    @_guarded("Bombcell metric view")
+    def _action_metric_view(self):
+        """The distribution of the selected cluster's deciding metric, with its threshold."""
+        self._show_dock(METRIC_VIEW_NAME)
+
+    @_guarded("Re-run bombcell")
+    def _action_rerun(self):
+        """Run bombcell again on the saved clustering (in a separate process) and reload."""
+        self.start_rerun()
+
+    @_guarded("Cancel the bombcell re-run")
+    def _action_cancel_rerun(self):
+        """Stop a running re-run: the previous results stay."""
+        self.cancel_rerun()
+
+    # -- what-if ----------------------------------------------------------------------------------
+
+    def set_whatif(self, changes):
+        """Show the labels and reasons as if ``changes`` were bombcell's parameters (on top of
+        the current what-if).  A bad parameter or value: one line, nothing changes."""
+        real = self.real_book
+        if not real.ok:
+            self.say(f"bombcell what-if: no bombcell results ({real.error})", logging.WARNING)
+            return None
+        try:
+            result = self.book.classification.what_if(changes)
+        except BombcellReasonError as e:
+            self.say(f"bombcell what-if: {e}", logging.WARNING)
+            return None
+        if result is real.classification:
+            return self.reset_whatif()
+        self._real_book = real
+        self.book = _WhatIfBook(result, real)
+        self._whatif_redraw()
+        counts = ", ".join(f"{k} {v}" for k, v in label_counts(result.label).items())
+        real_counts = ", ".join(f"{k} {v}" for k, v in label_counts(real.classification.label).items())
+        self.say(f"WHAT-IF {whatif_changes_text(result)}: {counts} (saved: {real_counts}); "
+                 f":bcreset to go back")
+        return result
+
+    def reset_whatif(self):
+        """Back to the saved parameters (exactly the book that was shown before the what-if)."""
+        if self._real_book is None:
+            self.say("bombcell what-if: none active")
+            return None
+        self.book, self._real_book = self._real_book, None
+        self._whatif_redraw()
+        self.say(f"what-if ended: {self.summary()}")
+        return self.book.classification
+
+    def _whatif_redraw(self):
+        self._refresh_tables()
+        selected = self.controller.supervisor.selected
+        for view in self.gui.list_views(VIEW_NAME) if self.gui is not None else ():
+            view.show_selection(selected)
+        self._redraw_whatif_views()
+
+    def _redraw_whatif_views(self):
+        for view in list(self.metric_views):
+            view.plot()
+        for view in list(self.summary_views):
+            view.refresh()
+
+    def save_whatif_params(self, path=None):
+        changes = self.whatif_changes
+        if not changes:
+            self.say("bombcell what-if: no changed parameters to save (:bcset PARAM VALUE first)",
+                     logging.WARNING)
+            return None
+        path = write_params_file(path or self.dataset_dir / WHATIF_PARAMS_NAME, changes)
+        self.say(f"what-if parameters written to {path}: param.update(json.load(open(...))) before "
+                 f"bombcell.run_bombcell, or Re-run bombcell now (it applies them)")
+        return path
+
+    # -- summary and metric view --------------------------------------------------------------
+
+    def show_summary(self):
+        view = self._show_dock(SUMMARY_VIEW_NAME)
+        result = self.shown_classification()
+        if result is not None:
+            top = result.summary()["criteria"][0]
+            self.say(f"bombcell summary: {self.summary()}; most blocking: {top['criterion']} "
+                     f"({top['n_sole_blocker']} unit(s) would be GOOD without it)")
+        return view
+
+    def _show_dock(self, name):
+        views = self.gui.list_views(name)
+        view = views[0] if views else self.gui.create_and_add_view(name)
+        dock = getattr(view, "dock", None)
+        if dock is not None:
+            dock.show()
+            dock.raise_()
+        return view
+
+    # -- re-run -----------------------------------------------------------------------------------
+
+    def start_rerun(self):
+        """Run bombcell on the saved clustering in a child process (with the what-if's changes
+        when one is active).  Refused while phy has unsaved changes or a run is going."""
+        if self.run is not None and self.run.running:
+            self.say("bombcell re-run: already running (Bombcell > Cancel the bombcell re-run)",
+                     logging.WARNING)
+            return None
+        supervisor = self.controller.supervisor
+        if supervisor.is_dirty():
+            self.say("bombcell re-run refused: the clustering has unsaved changes; save it first "
+                     "(Ctrl+S), so that bombcell runs on what you see", logging.WARNING)
+            return None
+        if not (self.dataset_dir / BOMBCELL_DIRNAME / PARAMS_FILE).exists():
+            self.say(f"bombcell re-run: no saved bombcell parameters in "
+                     f"{self.dataset_dir / BOMBCELL_DIRNAME}; run bombcell once first", logging.WARNING)
+            return None
+        _define_phy_classes()
+        changes = self.whatif_changes
+        self.run = sys.modules[__name__]._BombcellRun(self, changes)
+        self.run.start()
+        self.say("bombcell re-run started (separate process" + (
+            f", with the what-if {whatif_changes_text(self.book.classification)}" if changes else
+            ", saved parameters") + "); phy stays usable")
+        return self.run
+
+    def cancel_rerun(self):
+        if self.run is None or not self.run.running:
+            self.say("bombcell re-run: none running")
+            return
+        self.run.cancel()
+        self.say("bombcell re-run: cancelling; the previous results stay")
+
+    def rerun_finished(self, run, ok):
+        if run is not self.run:
+            return
+        if not ok:
+            run.cleanup()
+            why = "cancelled" if run.cancelled else (run.lines[-1] if run.lines else "no output")
+            self.say(f"bombcell re-run failed ({why[:200]}); previous results and "
+                     f"{TSV_NAME} untouched", logging.WARNING)
+            return
+        self.reset_whatif() if self._real_book is not None else None
+        self.reload()
+        self._reload_bombcell_labels()
+        notes = [line[len("note: "):] for line in run.lines if line.startswith("note: ")]
+        self.say("bombcell re-run done: " + self.summary() + (f"; {notes[0]}" if notes else ""))
+
+    def _reload_bombcell_labels(self):
+        """phy keeps bombcell's cluster_*.tsv labels in memory and writes them back on save:
+        take the new ones (silently, outside the undo stack)."""
+        supervisor = self.controller.supervisor
+        meta = supervisor.cluster_meta
+        new = {}
+        for field in meta.fields:
+            path = self.dataset_dir / f"cluster_{field}.tsv"
+            if field == COLUMN or not path.exists() or not field.startswith(("bc_",)) \
+                    and field not in self.real_book.metric_columns():
+                continue
+            for cluster_id, value in read_cluster_tsv(path).items():  # ids written as 12.0
+                try:
+                    value = float(value) if field != UNIT_TYPE_COLUMN else value
+                except ValueError:
+                    pass
+                new.setdefault(cluster_id, {})[field] = value
+        if new:
+            meta.from_dict(new)
+            rows = [dict(values, id=c) for c, values in new.items()]
+            supervisor.cluster_view.change(rows)
+            supervisor.similarity_view.change(rows)
+
+
 # -- HTML (QTextBrowser's rich-text subset: tables, inline styles, no CSS selectors on classes
 #    beyond the document stylesheet) ----------------------------------------------------------
 
@@ -2238,7 +2506,7 @@ def _unclassified_html(cluster_id, reason, error):
 # -- the plugin -------------------------------------------------------------------------------
 
 
-class _PluginLogic:
+class _PluginLogic(_WhatIfLogic):
     """Everything ``BombcellReasonPlugin`` does; the phy class adds only ``IPlugin`` (phy is
     imported lazily, see ``_define_phy_classes``)."""
 
@@ -2252,6 +2520,7 @@ class _PluginLogic:
         self._startup_message = None
         self._reason_failed = False
         self.book = ReasonBook(error="bombcell reasons not loaded yet")
+        self._init_whatif()
         try:
             self._connect(self._on_controller_ready, "controller_ready", controller)
             self._connect(self._on_gui_ready, "gui_ready", controller)
@@ -2286,6 +2555,7 @@ class _PluginLogic:
         # In View > Add view.  Shown by default: added once in _on_gui_ready (phy's first start
         # copies its own default state.json, whose view_count would ignore default_views).
         controller.view_creator[VIEW_NAME] = self._create_view
+        self._register_whatif_views(controller)
 
     # -- the column -------------------------------------------------------------------------------
 
@@ -2322,6 +2592,8 @@ class _PluginLogic:
     @_guarded("following a clustering change")
     def _on_cluster(self, sender, up):
         self.book.record(up)
+        if self.real_book is not self.book:  # a what-if: the real book learns it too
+            self.real_book.record(up)
 
     @_guarded("writing the reasons TSV after phy's save")
     def _on_save_clustering(self, sender, *args, **kwargs):
@@ -2377,10 +2649,11 @@ class _PluginLogic:
 
     def write_tsv(self, on_save=False):
         """Write cluster_bc_classificationReason.tsv for phy's current clusters."""
-        if not self.book.ok:
-            self.say(f"bombcell reasons: {TSV_NAME} not written: {self.book.error}", logging.WARNING)
+        book = self.real_book  # never a what-if's reasons
+        if not book.ok:
+            self.say(f"bombcell reasons: {TSV_NAME} not written: {book.error}", logging.WARNING)
             return None
-        path = write_reason_tsv(self.dataset_dir, self.book.reasons(self._cluster_ids()))
+        path = write_reason_tsv(self.dataset_dir, book.reasons(self._cluster_ids()))
         self.say(f"bombcell reasons: wrote {path}{' after phy saved' if on_save else ''}")
         return path
 
@@ -2468,6 +2741,7 @@ class _PluginLogic:
         actions.add(self._action_reload, name="reload_bombcell_results", alias="bcr")
         actions.add(self._action_toggle_metrics, name="show_raw_bombcell_metric_columns",
                     alias="bcm", checkable=True, checked=self.show_raw_metrics)
+        self._create_whatif_actions(actions)
 
     @_guarded("Show criteria of selected cluster")
     def _action_show_criteria(self):
@@ -2517,6 +2791,9 @@ class _PluginLogic:
         self.say(f"cluster {cluster_ids[0]}: {self.book.reason(cluster_ids[0])}")
 
     def reload(self):
+        changes = self.whatif_changes
+        if changes:  # reload the real results, then show the same what-if on them
+            self.book, self._real_book = self._real_book, None
         old = self.book
         book = ReasonBook.load(self.dataset_dir)
         book.adopt_origins(old)
@@ -2531,6 +2808,9 @@ class _PluginLogic:
             self.say(f"reloaded: {self._startup_message or self.summary()}")
         else:
             self.say(f"reload: bombcell reasons unavailable: {book.error}", logging.WARNING)
+        if changes and book.ok:
+            self.set_whatif(changes)
+        self._redraw_whatif_views()
 
     def set_show_raw_metrics(self, show):
         """Show or hide the raw bombcell metric columns.  Hidden columns are left out of the
@@ -2554,6 +2834,311 @@ class _PluginLogic:
             self._rebuild_tables()
         self.say(f"bombcell reasons: {len(raw)} raw bombcell metric columns "
                  f"{'shown' if show else 'hidden'}")
+
+
+# -- the metric view, the summary and the re-run, as phy shows them ----------------------------
+
+METRIC_VIEW_NAME = "BombcellMetricView"
+SUMMARY_VIEW_NAME = "BombcellSummaryView"
+_FAIL_COLOR, _PASS_COLOR, _THRESHOLD_COLOR = (0.85, 0.3, 0.3, 1.0), (0.55, 0.55, 0.55, 1.0), (1.0, 1.0, 1.0, 1.0)
+
+
+def default_rule_index(result, cluster_ids, previous=None):
+    """The criterion the metric view shows for a selection: the first selected cluster's deciding
+    criterion, else its first failing one, else ``previous``, else the criterion that blocks the
+    most units."""
+    for cluster_id in list(cluster_ids)[:1]:
+        unit = result.row(cluster_id)
+        if unit is None:
+            continue
+        for mask in (result.decisive[:, unit], result.fails[:, unit]):
+            if mask.any():
+                return int(np.flatnonzero(mask)[0])
+    if previous is not None:
+        return previous
+    blockers = sole_blockers(result).sum(axis=1) + result.fails.sum(axis=1) * 1e-6
+    return int(np.argmax(blockers))
+
+
+def metric_plot(result, rule_index, cluster_ids, n_bins=60):
+    """What the metric view draws for one criterion: the histogram of its metric over every
+    labelled unit (failing units apart, values beyond the 1st/99th percentile in the edge bins),
+    the threshold and the selected clusters' values, and the dock status line."""
+    rule = RULES[rule_index]
+    labelled = ~np.isnan(result.codes)
+    values = result.values[rule_index, labelled]
+    fails = result.fails[rule_index, labelled]
+    finite = np.isfinite(values)
+    threshold = float(result.thresholds[rule_index])
+    enabled = bool((result.status[rule_index] != _DISABLED).any())
+    selected = []
+    for cluster_id in cluster_ids:
+        unit = result.row(cluster_id)
+        if unit is not None:
+            selected.append((int(cluster_id), float(result.values[rule_index, unit]),
+                             STATUSES[result.status[rule_index, unit]]))
+    if finite.any():
+        lo, hi = np.quantile(values[finite], [0.01, 0.99])
+    else:
+        lo, hi = 0.0, 1.0
+    marks = [threshold] if np.isfinite(threshold) and rule.op != "isnan" else []
+    marks += [v for _, v, _ in selected if np.isfinite(v)]
+    lo, hi = min([lo] + marks), max([hi] + marks)
+    if hi <= lo:
+        lo, hi = lo - max(1.0, abs(lo) * 0.1), hi + max(1.0, abs(hi) * 0.1)
+    pad = (hi - lo) * 0.04
+    lo, hi = lo - pad, hi + pad
+    clipped = np.clip(values[finite], lo, hi)
+    hist_fail, edges = np.histogram(clipped[fails[finite]], bins=n_bins, range=(lo, hi))
+    hist_pass, _ = np.histogram(clipped[~fails[finite]], bins=n_bins, range=(lo, hi))
+    crit = rule.name if rule.op == "isnan" else f"{rule.metric} {rule.op} {rule.param} = {format_number(threshold)}"
+    parts = [crit + ("" if enabled else " (off)")]
+    parts += [f"cluster {c}: {format_number(v)} ({s})" for c, v, s in selected[:2]]
+    if result.changes:
+        parts.append("WHAT-IF")
+    return {"rule": rule, "lo": float(lo), "hi": float(hi), "hist_fail": hist_fail,
+            "hist_pass": hist_pass, "ylim": float(max(1, (hist_fail + hist_pass).max())),
+            "threshold": threshold if marks[:1] == [threshold] else None,
+            "selected": selected, "n_nan": int((~finite).sum()), "status": "; ".join(parts)}
+
+
+def summary_html(result):
+    """The *Bombcell summary* as HTML for the summary view (the CLI's table, monospace)."""
+    header = whatif_header(result)
+    text = format_summary(result.summary())
+    body = (f"<p style='color:#e0b040'><b>{_esc(header)}</b></p>" if header else "")
+    return _html_page(body + f"<pre style='font-size:9pt'>{_esc(text)}</pre>")
+
+
+def rerun_command(dataset_dir, changes=None):
+    """The child process of phy's *Re-run bombcell*: this file run as a script (bombcell is never
+    imported in phy's own process)."""
+    cmd = [sys.executable, "-u", str(Path(__file__).resolve()), "rerun", str(dataset_dir)]
+    for key, value in (changes or {}).items():
+        cmd += ["--set", f"{key}={_param_text(value)}"]
+    return cmd
+
+
+def _snippet_value(value):
+    """A value typed in a phy snippet.  phy's snippet parser reads "-" as a range (``1-5``), so a
+    negative value is typed with a leading ``m``: ``m0.01`` is -0.01, ``minf`` is -inf."""
+    if isinstance(value, str) and value[:1] == "m" and value[1:].replace(".", "", 1).isdigit() \
+            or value == "minf":
+        return "-" + value[1:]
+    return value
+
+
+def _define_whatif_classes(module):
+    """The phy/Qt classes of the what-if, summary and re-run features (called by
+    _define_phy_classes): ``BombcellMetricView``, ``BombcellSummaryView``, ``_BombcellRun``."""
+    from functools import partial
+
+    from phy.cluster.views.base import ManualClusteringView
+    from phy.plot.visuals import HistogramVisual, LineVisual, TextVisual
+    from phy.utils.color import selected_cluster_color
+    from PyQt5.QtCore import QProcess, QProcessEnvironment
+    from PyQt5.QtWidgets import QTextBrowser
+
+    class BombcellMetricView(ManualClusteringView):
+        """The distribution of one bombcell metric over all units, failing units in red, with
+        the threshold (white) and the selected clusters (their selection colours).  Follows the
+        selection: the first selected cluster's deciding criterion, unless one is picked in the
+        view's menu."""
+        _default_position = "right"
+        n_bins = 60
+        _state_attrs = ("n_bins",)
+
+        def __init__(self, plugin):
+            super().__init__()
+            self.plugin = plugin
+            self.state_attrs += self._state_attrs
+            self.rule_index = None  # what is drawn
+            self.pinned = None  # a criterion picked in the menu (None: follow the selection)
+            self.data = None
+            self.canvas.set_layout(layout="stacked", n_plots=1)
+            self.canvas.enable_axes()
+            self.hist_visual = HistogramVisual()
+            self.canvas.add_visual(self.hist_visual)
+            self.line_visual = LineVisual()
+            self.canvas.add_visual(self.line_visual)
+            self.text_visual = TextVisual(color=(1.0, 1.0, 1.0, 1.0))
+            self.canvas.add_visual(self.text_visual)
+
+        def attach(self, gui):
+            super().attach(gui)
+            self.actions.add(self.follow_selection, name="follow the selection")
+            self.actions.separator()
+            for i, rule in enumerate(RULES):
+                if rule.op == "isnan":
+                    continue
+                self.actions.add(partial(self.set_criterion, i), name=f"show {rule.name}",
+                                 alias=f"_bcmetric{i}", view_submenu="Criterion",
+                                 docstring=f"Show {rule.metric} and {rule.param}", show_shortcut=False)
+            self.plugin.metric_views.append(self)
+            self.on_select(cluster_ids=list(self.plugin.controller.supervisor.selected))
+
+        def on_select(self, cluster_ids=None, **kwargs):
+            self.cluster_ids = list(cluster_ids or ())
+            try:
+                self.plot()
+            except Exception as e:  # a view must never break phy's selection
+                _report_exception("drawing the Bombcell metric view", e, self.plugin.gui)
+
+        def follow_selection(self):
+            """Show the selected cluster's deciding criterion (the default)."""
+            self.pinned = None
+            self.plot()
+
+        def set_criterion(self, rule_index):
+            """Show this criterion whatever the selection."""
+            self.pinned = int(rule_index)
+            self.plot()
+
+        def plot(self, **kwargs):
+            result = self.plugin.shown_classification()
+            if result is None:
+                self.data = None
+                return
+            if self.pinned is not None:
+                self.rule_index = self.pinned
+            else:
+                self.rule_index = default_rule_index(result, self.cluster_ids, self.rule_index)
+            data = self.data = metric_plot(result, self.rule_index, self.cluster_ids, self.n_bins)
+            lo, hi, ylim = data["lo"], data["hi"], data["ylim"]
+            self.data_bounds = (lo, 0, hi, ylim)
+            self.canvas.stacked.n_boxes = 1
+            self.hist_visual.reset_batch()
+            self.hist_visual.add_batch_data(hist=data["hist_pass"], ylim=ylim, color=_PASS_COLOR,
+                                            box_index=0)
+            self.hist_visual.add_batch_data(hist=data["hist_fail"], ylim=ylim, color=_FAIL_COLOR,
+                                            box_index=0)
+            lines, colors = [], []
+            if data["threshold"] is not None:
+                lines.append([data["threshold"], 0, data["threshold"], ylim])
+                colors.append(_THRESHOLD_COLOR)
+            for k, (_, value, _) in enumerate(data["selected"]):
+                if np.isfinite(value):
+                    lines.append([value, 0, value, ylim * 0.9])
+                    colors.append(tuple(selected_cluster_color(k)))
+            self.line_visual.reset_batch()
+            if lines:
+                self.line_visual.add_batch_data(pos=np.array(lines, dtype=float),
+                                                color=np.array(colors), data_bounds=self.data_bounds,
+                                                box_index=0)
+            else:  # an empty batch: a line of no length, out of sight
+                self.line_visual.add_batch_data(pos=np.zeros((1, 4)), color=(0, 0, 0, 0),
+                                                box_index=0)
+            rule = data["rule"]
+            title = f"{rule.metric}" + (f"  ({data['n_nan']} NaN not shown)" if data["n_nan"] else "")
+            if self.plugin.shown_classification().changes:
+                title += "  WHAT-IF"
+            self.text_visual.reset_batch()
+            self.text_visual.add_batch_data(text=[title], pos=[(-1, 1)], anchor=[(1, -1)],
+                                            box_index=0)
+            self.canvas.update_visual(self.hist_visual)
+            self.canvas.update_visual(self.line_visual)
+            self.canvas.update_visual(self.text_visual)
+            self._update_axes()
+            self.canvas.update()
+            self.update_status()
+
+        @property
+        def status(self):
+            return self.data["status"] if self.data else "no bombcell results"
+
+        def on_close_view(self, *args):
+            if self in self.plugin.metric_views:
+                self.plugin.metric_views.remove(self)
+
+    class BombcellSummaryView(QTextBrowser):
+        """Counts per label, and per criterion the units failing it and its sole blockers."""
+
+        def __init__(self, plugin):
+            super().__init__()
+            self.plugin = plugin
+            self.setReadOnly(True)
+            self.setLineWrapMode(QTextBrowser.NoWrap)
+            self.setStyleSheet("QTextBrowser { background-color: black; color: #ddd; border: 0; }")
+
+        def attach(self, gui):
+            gui.add_view(self, position="right")
+            self.plugin.summary_views.append(self)
+            self.refresh()
+
+        def refresh(self):
+            result = self.plugin.shown_classification()
+            if result is None:
+                self.setHtml(_html_page(f"<p>{_esc(self.plugin.summary())}</p>"))
+                return
+            self.setHtml(summary_html(result))
+            dock = getattr(self, "dock", None)
+            if dock is not None:
+                dock.set_status("WHAT-IF: " + whatif_changes_text(result) if result.changes
+                                else "saved parameters")
+
+    class _BombcellRun:
+        """bombcell in a child process (QProcess: phy's event loop only reads its output),
+        progress in the status bar, reload on success; see rerun_bombcell."""
+
+        def __init__(self, plugin, changes):
+            self.plugin = plugin
+            self.changes = dict(changes)
+            self.dataset_dir = plugin.dataset_dir
+            self.process = QProcess()
+            self.process.setProcessChannelMode(QProcess.MergedChannels)
+            env = QProcessEnvironment.systemEnvironment()
+            env.insert("PYTHONIOENCODING", "utf-8")
+            env.insert("MPLBACKEND", "Agg")
+            self.process.setProcessEnvironment(env)
+            self.process.readyRead.connect(self._on_output)
+            self.process.finished.connect(self._on_finished)
+            self.lines = []
+            self.pid = None
+            self.cancelled = False
+
+        def start(self):
+            cmd = rerun_command(self.dataset_dir, self.changes)
+            self.process.start(cmd[0], cmd[1:])
+            self.pid = int(self.process.processId() or 0) or None
+
+        @property
+        def running(self):
+            return self.process.state() != QProcess.NotRunning
+
+        def cancel(self):
+            self.cancelled = True
+            self.process.terminate()  # the child ignores it while it swaps folders (install_rerun)
+
+        def _on_output(self):
+            try:
+                text = bytes(self.process.readAll()).decode("utf-8", "replace")
+                lines = [line.strip() for line in text.splitlines() if line.strip()]
+                if lines:
+                    self.lines = (self.lines + lines)[-200:]
+                    self.plugin.say(f"bombcell re-run: {lines[-1][:150]}")
+            except Exception as e:
+                _report_exception("reading bombcell's output", e, self.plugin.gui)
+
+        def _on_finished(self, exit_code, exit_status=None):
+            try:
+                self._on_output()
+                self.plugin.rerun_finished(self, exit_code == 0 and RERUN_DONE in self.lines
+                                           and not self.cancelled)
+            except Exception as e:
+                _report_exception("finishing the bombcell re-run", e, self.plugin.gui)
+
+        def cleanup(self):
+            """Remove the new folder of a failed or cancelled run (the child cannot when killed)."""
+            import shutil
+            if self.pid:
+                shutil.rmtree(Path(self.dataset_dir) / f"{RERUN_PREFIX}{self.pid}", ignore_errors=True)
+
+    for cls in (BombcellMetricView, BombcellSummaryView, _BombcellRun):
+        cls.__module__ = module.__name__
+        cls.__qualname__ = cls.__name__
+    module.BombcellMetricView = BombcellMetricView
+    module.BombcellSummaryView = BombcellSummaryView
+    module._BombcellRun = _BombcellRun
 
 
 def _define_phy_classes():
@@ -2619,12 +3204,14 @@ def _define_phy_classes():
         cls.__qualname__ = cls.__name__
     module.BombcellReasonPlugin = BombcellReasonPlugin
     module.BombcellReasonView = BombcellReasonView
+    _define_whatif_classes(module)
     module._PHY_CLASSES = (BombcellReasonPlugin, BombcellReasonView)
     return module._PHY_CLASSES
 
 
 def __getattr__(name):  # PEP 562: the phy classes on first use, without importing phy earlier
-    if name in ("BombcellReasonPlugin", "BombcellReasonView"):
+    if name in ("BombcellReasonPlugin", "BombcellReasonView", "BombcellMetricView",
+                "BombcellSummaryView", "_BombcellRun"):
         _define_phy_classes()
         return sys.modules[__name__].__dict__[name]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

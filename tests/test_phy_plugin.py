@@ -281,7 +281,11 @@ def test_show_criteria_action_and_bc_snippet(phy, dataset):
     names = [a.text() for a in menu.actions() if a.text()]
     assert names == ["Show criteria of selected cluster", "Select cluster and show criteria",
                      "Export reasons TSV now", "Reload bombcell results",
-                     "Show raw bombcell metric columns"]
+                     "Show raw bombcell metric columns",
+                     # issue 10: what-if, summary, metric view, re-run (tests/test_whatif_phy.py)
+                     "What-if: set a parameter", "What-if: back to the saved parameters",
+                     "What-if: save the changed parameters", "Bombcell summary",
+                     "Bombcell metric view", "Re-run bombcell", "Cancel the bombcell re-run"]
 
 
 def test_raw_metric_columns_toggle(phy, dataset):

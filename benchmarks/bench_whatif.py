@@ -2,7 +2,8 @@
 
 Generated bombcell results (bombcell's own savers, tests/bombcell_tables.py) of N units are read
 once; then each repeat times one what-if with a different threshold (so no cached text is
-reused for the changed criterion), and the summary (sole blockers of every criterion).  Goal:
+reused for the changed criterion), the summary (sole blockers of every criterion) and what the
+metric view computes for a selection.  Goal:
 median what-if <= 50 ms for 10,000 units.
 
     python benchmarks/bench_whatif.py [--units 10000] [--repeat 21]
@@ -48,6 +49,14 @@ def main():
           f"for 10,000 units)")
     print(f"summary (sole blockers of all {len(pr.RULES)} criteria + quantiles): median "
           f"{statistics.median(summary) * 1000:.1f} ms")
+    plots = []
+    for i in range(args.repeat):
+        cluster_id = int(result.cluster_ids[i * 37 % len(result)])
+        t = time.perf_counter()
+        pr.metric_plot(result, pr.default_rule_index(result, [cluster_id], 0), [cluster_id])
+        plots.append(time.perf_counter() - t)
+    print(f"metric view data for a selection (criterion, histogram, marks): median "
+          f"{statistics.median(plots) * 1000:.1f} ms")
     print("labels:", pr.label_counts(result.label), "-> what-if:", pr.label_counts(new.label))
 
 

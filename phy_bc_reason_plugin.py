@@ -3033,7 +3033,7 @@ def _define_whatif_classes(module):
             if self.plugin.shown_classification().changes:
                 title += "  WHAT-IF"
             self.text_visual.reset_batch()
-            self.text_visual.add_batch_data(text=[title], pos=[(-1, 1)], anchor=[(1, -1)],
+            self.text_visual.add_batch_data(text=[title], pos=[(-0.97, 0.97)], anchor=[(1, -1)],
                                             box_index=0)
             self.canvas.update_visual(self.hist_visual)
             self.canvas.update_visual(self.line_visual)

@@ -65,6 +65,8 @@ class Rule:
     skipped_where_nan: str = None  # bombcell tests only units where this metric is not NaN
     kept_when: tuple = ()          # (flag, metric, value): a failure does not count where the flag
     #                                is on and metric == value (uncertain refractory-period units)
+    short: str = ""                # the name curators know (bombcell's GUI and make_qm_table):
+    #                                the column says "fraction RPVs", the view adds the full name
 
     @property
     def name(self):
@@ -72,43 +74,45 @@ class Rule:
 
 
 RULES = (
-    Rule("noise", "nPeaks", "isnan"),
-    Rule("noise", "nPeaks", ">", "maxNPeaks"),
-    Rule("noise", "nTroughs", ">", "maxNTroughs"),
-    Rule("noise", "waveformDuration_peakTrough", "<", "minWvDuration"),
-    Rule("noise", "waveformDuration_peakTrough", ">", "maxWvDuration"),
-    Rule("noise", "waveformBaselineFlatness", ">", "maxWvBaselineFraction"),
-    Rule("noise", "scndPeakToTroughRatio", ">", "maxScndPeakToTroughRatio_noise"),
+    Rule("noise", "nPeaks", "isnan", short="# peaks"),
+    Rule("noise", "nPeaks", ">", "maxNPeaks", short="# peaks"),
+    Rule("noise", "nTroughs", ">", "maxNTroughs", short="# troughs"),
+    Rule("noise", "waveformDuration_peakTrough", "<", "minWvDuration", short="waveform duration"),
+    Rule("noise", "waveformDuration_peakTrough", ">", "maxWvDuration", short="waveform duration"),
+    Rule("noise", "waveformBaselineFlatness", ">", "maxWvBaselineFraction", short="baseline flatness"),
+    Rule("noise", "scndPeakToTroughRatio", ">", "maxScndPeakToTroughRatio_noise", short="peak2 / trough"),
     Rule("noise", "spatialDecaySlope", "<", "minSpatialDecaySlope",
-         enabled_when=(("computeSpatialDecay", True), ("spDecayLinFit", True))),
+         enabled_when=(("computeSpatialDecay", True), ("spDecayLinFit", True)), short="spatial decay"),
     Rule("noise", "spatialDecaySlope", "<", "minSpatialDecaySlopeExp",
-         enabled_when=(("computeSpatialDecay", True), ("spDecayLinFit", False))),
+         enabled_when=(("computeSpatialDecay", True), ("spDecayLinFit", False)), short="spatial decay"),
     Rule("noise", "spatialDecaySlope", ">", "maxSpatialDecaySlopeExp",
-         enabled_when=(("computeSpatialDecay", True), ("spDecayLinFit", False))),
-    Rule("mua", "percentageSpikesMissing_gaussian", ">", "maxPercSpikesMissing"),
-    Rule("mua", "nSpikes", "<", "minNumSpikes"),
+         enabled_when=(("computeSpatialDecay", True), ("spDecayLinFit", False)), short="spatial decay"),
+    Rule("mua", "percentageSpikesMissing_gaussian", ">", "maxPercSpikesMissing", short="% spikes missing"),
+    Rule("mua", "nSpikes", "<", "minNumSpikes", short="# spikes"),
     Rule("mua", "fractionRPVs_estimatedTauR", ">", "maxRPVviolations",
-         kept_when=("keepUncertainRPVUnits", "RPV_status", 0)),
-    Rule("mua", "presenceRatio", "<", "minPresenceRatio"),
+         kept_when=("keepUncertainRPVUnits", "RPV_status", 0), short="fraction RPVs"),
+    Rule("mua", "presenceRatio", "<", "minPresenceRatio", short="presence ratio"),
     Rule("mua", "rawAmplitude", "<", "minAmplitude",
-         enabled_when=(("extractRaw", True),), skipped_where_nan="rawAmplitude"),
+         enabled_when=(("extractRaw", True),), skipped_where_nan="rawAmplitude", short="amplitude"),
     Rule("mua", "signalToNoiseRatio", "<", "minSNR",
-         enabled_when=(("extractRaw", True),), skipped_where_nan="rawAmplitude"),
-    Rule("mua", "maxDriftEstimate", ">", "maxDrift", enabled_when=(("computeDrift", True),)),
-    Rule("mua", "isolationDistance", "<", "isoDmin", enabled_when=(("computeDistanceMetrics", True),)),
-    Rule("mua", "Lratio", ">", "lratioMax", enabled_when=(("computeDistanceMetrics", True),)),
-    Rule("non-somatic", "troughToPeak2Ratio", "<", "minTroughToPeak2Ratio_nonSomatic", route="A"),
-    Rule("non-somatic", "mainPeak_before_width", "<", "minWidthFirstPeak_nonSomatic", route="A"),
-    Rule("non-somatic", "mainTrough_width", "<", "minWidthMainTrough_nonSomatic", route="A"),
-    Rule("non-somatic", "peak1ToPeak2Ratio", ">", "maxPeak1ToPeak2Ratio_nonSomatic", route="A"),
-    Rule("non-somatic", "mainPeakToTroughRatio", ">", "maxMainPeakToTroughRatio_nonSomatic", route="B"),
+         enabled_when=(("extractRaw", True),), skipped_where_nan="rawAmplitude", short="SNR"),
+    Rule("mua", "maxDriftEstimate", ">", "maxDrift", enabled_when=(("computeDrift", True),), short="max. drift"),
+    Rule("mua", "isolationDistance", "<", "isoDmin", enabled_when=(("computeDistanceMetrics", True),), short="isolation dist."),
+    Rule("mua", "Lratio", ">", "lratioMax", enabled_when=(("computeDistanceMetrics", True),), short="L-ratio"),
+    Rule("non-somatic", "troughToPeak2Ratio", "<", "minTroughToPeak2Ratio_nonSomatic", route="A", short="trough / peak2"),
+    Rule("non-somatic", "mainPeak_before_width", "<", "minWidthFirstPeak_nonSomatic", route="A", short="peak1 width"),
+    Rule("non-somatic", "mainTrough_width", "<", "minWidthMainTrough_nonSomatic", route="A", short="trough width"),
+    Rule("non-somatic", "peak1ToPeak2Ratio", ">", "maxPeak1ToPeak2Ratio_nonSomatic", route="A", short="peak1 / peak2"),
+    Rule("non-somatic", "mainPeakToTroughRatio", ">", "maxMainPeakToTroughRatio_nonSomatic", route="B", short="main peak / trough"),
 )
 
 ROUTE_NAMES = {  # in the criteria view
     "A": "shape route: all 4 width/ratio tests fail",
     "B": "main-peak route",
 }
-ROUTE_TAGS = {"A": "(shape, all 4 fail)", "B": "(main peak)"}  # in the column: it must stay short
+# In the column, before the shape route's first criterion (all four fail together: "+3"); the
+# main-peak route's short name says it all.
+ROUTE_TAGS = {"A": "shape:", "B": ""}
 
 # Labels by bombcell's numeric unit type; 3 reads "NON-SOMA GOOD" in split mode.
 NOISE, GOOD, MUA, NON_SOMA, NON_SOMA_MUA = 0, 1, 2, 3, 4
@@ -399,6 +403,8 @@ def format_number(x, digits=3):
     name, others to ``digits`` significant digits (``None``: the shortest exact text)."""
     if x is None:
         return "None"
+    if isinstance(x, str):  # "inf"/"-inf" as JSON holds them
+        return x
     x = float(x)
     if x != x:
         return "NaN"
@@ -411,18 +417,60 @@ def format_number(x, digits=3):
     return repr(x) if digits is None else f"{x:.{digits}g}"  # tiny values keep their exponent
 
 
+def _as_float(x):
+    """A number as JSON or the tables hold it (None, "inf", float) as a float (None: NaN)."""
+    return np.nan if x is None else float(x)
+
+
+def _order(a, b):
+    return (a > b) - (a < b)
+
+
+def comparison_numbers(value, threshold):
+    """(value text, threshold text) with as few digits as show how the two compare: 3
+    significant digits, more only where fewer would print ``20 > 20`` for 20.04 > 20 (or turn a
+    pass into a fail).  The one number format of the column, the view and the CLI table."""
+    value, threshold = _as_float(value), _as_float(threshold)
+    if np.isnan(value) or np.isnan(threshold):
+        return format_number(value), format_number(threshold)
+    want = _order(value, threshold)
+    for digits in range(3, 18):
+        v, t = format_number(value, digits), format_number(threshold, digits)
+        if _order(float(v), float(t)) == want:
+            return v, t
+    return format_number(value, None), format_number(threshold, None)
+
+
 def criterion_text(rule, value, threshold):
-    """``metric>param (value > threshold)``: the threshold exact, the value to 3 digits, or more
-    where 3 digits would print it equal to the threshold it fails."""
+    """``metric>param (value > threshold)``: the criterion by its full names, for notes and
+    tooltips; numbers as ``comparison_numbers``."""
     if rule.op == "isnan":
         return f"{rule.metric} is NaN"
-    t = format_number(threshold, digits=None)
-    v = format_number(value)
-    digits = 3
-    while v == t and digits < 17 and value != threshold:
-        digits += 2
-        v = format_number(value, digits)
+    v, t = comparison_numbers(value, threshold)
     return f"{rule.name} ({v} {rule.op} {t})"
+
+
+def short_criterion_text(rule, value, threshold):
+    """``fraction RPVs 0.23 > 0.1``: the criterion as the column says it (short name first)."""
+    if rule.op == "isnan":
+        return f"{rule.short} is NaN"
+    v, t = comparison_numbers(value, threshold)
+    return f"{rule.short} {v} {rule.op} {t}"
+
+
+def comparison_text(op, value, threshold, status):
+    """``0.23 > 0.1`` for a failing criterion, ``0.05 <= 0.1`` for a passing one (the relation
+    that holds), ``NaN`` or ``off`` otherwise: what the view shows next to a criterion."""
+    if op == "isnan":
+        return "NaN" if status == "fail" else format_number(value)
+    if status == "disabled":
+        return "off"
+    v, t = comparison_numbers(value, threshold)
+    if status == "nan" or value is None:
+        return f"{v} (not tested)"
+    if status == "pass":
+        op = {">": "\u2264", "<": "\u2265"}[op]  # the relation that holds: <= or >=
+    return f"{v} {op} {t}"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -463,34 +511,35 @@ class Classification:
         """Row index of a cluster, or None when bombcell has no row for it."""
         return self._row.get(int(cluster_id))
 
-    def _first_decisive_text(self, rules_mask):
+    def _first_decisive_text(self, rules_mask, text=short_criterion_text):
         """Per unit, the first decisive criterion among ``rules_mask`` (table order) as text,
-        with "+N more" for the others; "" where none decides.  Built rule by rule, not unit by
+        with "+N" for the others; "" where none decides.  Built rule by rule, not unit by
         unit: only the number formatting touches single units."""
         mask = self.decisive & rules_mask[:, None]
         first, count = np.argmax(mask, axis=0), mask.sum(axis=0)
         texts = np.full(len(self), "", dtype=object)
         for i in np.unique(first[count > 0]):
             units = np.flatnonzero((first == i) & (count > 0))
-            texts[units] = [criterion_text(RULES[i], v, self.thresholds[i])
-                            for v in self.values[i, units]]
+            texts[units] = [text(RULES[i], v, self.thresholds[i]) for v in self.values[i, units]]
         more = count > 1
-        texts[more] += np.char.add(" +", (count[more] - 1).astype(str)).astype(object) + " more"
+        texts[more] += np.char.add(" +", (count[more] - 1).astype(str)).astype(object)
         return texts, count > 0
 
     def _reasons(self):
+        """The column's text: the label, then the deciding criterion by its short name with its
+        value and threshold (``MUA: fraction RPVs 0.23 > 0.1 +1``), short enough for phy's
+        cluster view at its default width; ``full_reason`` names the criteria in full."""
         codes = self.codes
         noise, _ = self._first_decisive_text(IS_NOISE)
         mua, _ = self._first_decisive_text(IS_MUA)
         route_b, has_b = self._first_decisive_text(IS_ROUTE_B)
         route_a, has_a = self._first_decisive_text(IS_ROUTE_A)
-        non_somatic = np.where(has_b, f"{ROUTE_TAGS['B']} " + route_b, "").astype(object)
+        non_somatic = np.where(has_b, route_b, "").astype(object)
         non_somatic[has_a & has_b] += "; "
         non_somatic[has_a] += f"{ROUTE_TAGS['A']} " + route_a[has_a]
 
         reasons = np.full(len(self), "GOOD: passed all thresholds", dtype=object)
-        reasons[np.isnan(codes)] = (
-            f"{NO_LABEL}: unit has no spikes (nSpikes = 0); bombcell leaves it unlabelled")
+        reasons[np.isnan(codes)] = f"{NO_LABEL}: no spikes"
         for code, text in ((NOISE, noise), (MUA, mua)):
             reasons[codes == code] = self.label[codes == code] + ": " + text[codes == code]
         is_ns = codes == NON_SOMA
@@ -500,8 +549,26 @@ class Classification:
         differs = self.label_differs
         if differs.any():
             saved = np.array([s or NO_LABEL for s in self.bombcell_label[differs]], dtype=object)
-            reasons[differs] += " (bombcell saved " + saved + ": results changed since?)"
+            reasons[differs] += " (bombcell saved " + saved + ")"
         return reasons
+
+    def full_reason(self, cluster_id):
+        """The reason with every deciding criterion by its full names (the column's tooltip)."""
+        unit = self.row(cluster_id)
+        if unit is None:
+            return None
+        label = self.label[unit] or NO_LABEL
+        decisive = np.flatnonzero(self.decisive[:, unit])
+        if not len(decisive):
+            return f"{label}: " + ("unit has no spikes (nSpikes = 0); bombcell leaves it unlabelled"
+                                   if np.isnan(self.codes[unit]) else "passed all thresholds")
+        return f"{label}: " + "; ".join(
+            criterion_text(RULES[i], self.values[i, unit], self.thresholds[i]) for i in decisive)
+
+    @property
+    def n_failing(self):
+        """Per unit, how many criteria fail (the ``bc_nFailing`` column; decisive or not)."""
+        return self.fails.sum(axis=0)
 
     def reason_by_cluster(self):
         return dict(zip(self.cluster_ids.tolist(), self.reason.tolist()))
@@ -609,23 +676,40 @@ def _json_number(x):
     return x
 
 
+def _criterion_key(c):
+    return c["metric"], c["op"], c["param"]
+
+
+def ordered_criteria(info):
+    """The criteria of ``Classification.explain`` in the order the view and the CLI list them:
+    those deciding the label, then the other failing ones, then the rest (by STATUS_ORDER, any
+    status without an order last).  Returns [(criterion, decisive), ...]."""
+    decisive = {_criterion_key(c) for c in info["decisive"]}
+    rows = [(c, _criterion_key(c) in decisive) for c in info["criteria"]]
+    return sorted(rows, key=lambda r: (not r[1], STATUS_ORDER.get(r[0]["status"], len(STATUS_ORDER))))
+
+
+_SHORT_NAMES = {(r.metric, r.op, r.param): r.short for r in RULES}
+
+
 def format_explanation(info):
-    """Multi-line text for one cluster from ``Classification.explain``: failing criteria first,
-    those that decide the label marked with *."""
+    """Multi-line text for one cluster from ``Classification.explain``: the criteria deciding
+    the label first (marked *), then the other failing ones, then the rest."""
     saved = info["bombcell_label"]
     lines = [f"cluster {info['cluster_id']}: {info['reason']}",
              f"  label: {info['label'] or NO_LABEL}   bombcell's saved label: "
              f"{(saved or NO_LABEL) if saved is not None else 'not saved'}",
-             f"    {'stage':13} {'criterion: fails when':58} {'value':>9} {'threshold':>10} "
-             f"{'status':8} {'margin':>9}"]
-    decisive = {(c["metric"], c["op"], c["param"]) for c in info["decisive"]}
-    rows = sorted(info["criteria"], key=lambda c: (
-        STATUS_ORDER[c["status"]], (c["metric"], c["op"], c["param"]) not in decisive))
-    for c in rows:
-        mark = "*" if (c["metric"], c["op"], c["param"]) in decisive else " "
+             f"    {'stage':13} {'name':18} {'criterion: fails when':57} {'value':>9} "
+             f"{'threshold':>10} {'status':8} {'margin':>9}"]
+    for c, is_decisive in ordered_criteria(info):
+        mark = "*" if is_decisive else " "
         crit = f"{c['metric']} is NaN" if c["op"] == "isnan" else f"{c['metric']}{c['op']}{c['param']}"
-        value = "NaN" if c["value"] is None else _fmt_json(c["value"])
-        lines.append(f"  {mark} {c['stage']:13} {crit:58} {value:>9} {_fmt_json(c['threshold']):>10} "
+        if c["op"] == "isnan":
+            value, threshold = format_number(_as_float(c["value"])), "-"
+        else:
+            value, threshold = comparison_numbers(c["value"], c["threshold"])
+        short = _SHORT_NAMES.get(_criterion_key(c), "")
+        lines.append(f"  {mark} {c['stage']:13} {short:18} {crit:57} {value:>9} {threshold:>10} "
                      f"{c['status']:8} {_fmt_json(c['margin']):>9}")
     lines.append("  * decides the label.  margin: distance on the passing side (negative: fails)")
     lines.extend(f"  note: {note}" for note in info["notes"])
@@ -633,9 +717,7 @@ def format_explanation(info):
 
 
 def _fmt_json(x):
-    if x is None:
-        return "-"
-    return x if isinstance(x, str) else format_number(x)
+    return "-" if x is None else format_number(x)
 
 
 def read_cluster_tsv(path):

@@ -550,8 +550,12 @@ class Classification:
 
     @property
     def n_failing(self):
-        """Per unit, how many criteria fail (the ``bc_nFailing`` column; decisive or not)."""
-        return self.fails.sum(axis=0)
+        """Per unit, how many criteria fail that can change its label (the ``bc_nFailing``
+        column): every failing criterion, except shape-route tests while fewer than all four
+        fail (the route is one AND of four; a partial failure changes nothing)."""
+        route_a, _ = _non_somatic(self.fails)
+        partial = self.fails[IS_ROUTE_A].sum(axis=0) * ~route_a
+        return self.fails.sum(axis=0) - partial
 
     def reason_by_cluster(self):
         return dict(zip(self.cluster_ids.tolist(), self.reason.tolist()))
@@ -953,8 +957,8 @@ def explain_cluster(dataset_dir, cluster_id, bombcell_dir=None):
 
 def rules_markdown():
     """The rule table as Markdown (the README's table is tested equal to this)."""
-    lines = ["| stage | criterion: the unit fails when | threshold parameter | enabled when |",
-             "|---|---|---|---|"]
+    lines = ["| stage | name | criterion: the unit fails when | threshold parameter | enabled when |",
+             "|---|---|---|---|---|"]
     for rule in RULES:
         stage = rule.stage + (f" {rule.route}" if rule.route else "")
         test = f"`{rule.metric}` is NaN" if rule.op == "isnan" else f"`{rule.metric}` {rule.op} threshold"
@@ -966,7 +970,8 @@ def rules_markdown():
             flag, metric, value = rule.kept_when
             extras.append(f"passes where {flag} and `{metric}` == {value}")
         enabled = "; ".join(filter(None, [enabled or "always"] + extras))
-        lines.append(f"| {stage} | {test} | {('`' + rule.param + '`') if rule.param else '-'} | {enabled} |")
+        lines.append(f"| {stage} | {rule.short} | {test} | "
+                     f"{('`' + rule.param + '`') if rule.param else '-'} | {enabled} |")
     return "\n".join(lines)
 
 
@@ -1171,7 +1176,7 @@ def split_reason(parents, label_of=lambda c: "?"):
 # The column when the dataset has no bombcell folder at all: quiet, the status bar and the view
 # say the rest.  Any other problem: short too, the full message is in the status bar and view.
 NO_RESULTS_REASON = "no bombcell results"
-UNUSABLE_RESULTS_REASON = unclassified_reason("bombcell results unusable; see the Bombcell view")
+UNUSABLE_RESULTS_REASON = unclassified_reason("bombcell results unusable")
 
 
 def _report_exception(what, error, gui=None):
@@ -1571,10 +1576,8 @@ class _PluginLogic:
         metadata = getattr(controller.model, "metadata", None)
         previous = metadata.pop(COLUMN, None) if isinstance(metadata, dict) else None
         self.book = self._load_book(previous)
-        if self.book.ok:
+        if self.book.ok:  # a problem is said once, in the status bar, when the GUI is ready
             logger.debug("bombcell reasons: read %s", self.book.classification.source)
-        else:
-            logger.warning("bombcell reasons unavailable: %s", self.book.error)
 
         # Our column first among the metrics, so that it follows the id column.
         metrics = controller.cluster_metrics

@@ -83,6 +83,15 @@ def test_reason_text_format(tmp_path):
     assert result.n_failing.tolist() == [1, 0, 1, 1]
 
 
+def test_n_failing_counts_what_can_change_the_label():
+    partial = _one_unit(mainTrough_width=1, mainPeak_before_width=1, presenceRatio=0.1)
+    whole = _one_unit(mainTrough_width=1, mainPeak_before_width=1, troughToPeak2Ratio=1,
+                      peak1ToPeak2Ratio=9)
+    params = pr.complete_params(DEFAULTS)[0]
+    assert pr.Classification(params, partial, [1]).n_failing.tolist() == [1]  # 2 of 4 shape: 0
+    assert pr.Classification(params, whole, [1]).n_failing.tolist() == [4]
+
+
 def test_every_rule_has_a_short_name():
     assert all(r.short for r in pr.RULES)
     assert {"fraction RPVs", "presence ratio", "# peaks", "SNR"} <= {r.short for r in pr.RULES}

@@ -1123,17 +1123,23 @@ def main(argv=None):
 # Column order: phy orders the views' columns as ``supervisor.columns`` (no saved column order
 # in phy 2.1's native Qt table; its GUI state keeps only the sort and the selection), so on
 # ``controller_ready`` -- after the supervisor exists, before ``create_gui`` builds the tables --
-# we move ``bc_classificationReason`` and ``bc_unitType`` right after ``id``, and leave the raw
-# bombcell metric labels out unless the user chose to show them (see set_show_raw_metrics).
+# we put FIRST_COLUMNS first (id, the reason, fr, n_spikes, bc_nFailing, bc_unitType: what fits
+# the cluster view of phy's default layout at 1920x1080), and leave the raw bombcell metric
+# labels out unless the user chose to show them (see set_raw_metrics_shown).  ``bc_nFailing`` is
+# a second cluster metric (a number, so phy sorts and filters it as one).
 #
 # Events and APIs used: controller ``controller_ready`` and ``gui_ready``; supervisor ``cluster``
 # (UpdateInfo: description, history, added, descendants) and ``select`` (the dock view), and
 # ``save_clustering`` (connected last=True, so it runs after phy's own ``on_save_clustering``);
-# GUI ``close``; view ``close_view``; ``controller.cluster_metrics``, ``controller.view_creator``,
-# ``supervisor.columns``, ``ClusterView._reset_table`` (what
-# phy's ``Supervisor.label`` uses to add a column), ``Actions(gui, menu=...)`` with
-# ``alias``/``prompt`` for the ``:bc`` snippet, ``gui.state`` (the plugin's toggles, saved in
-# phy's state.json), ``gui.status_message`` and the "phy" logger (phy.log + status bar).
+# GUI ``close`` and ``show`` (first open: ``gui.resizeDocks`` on the cluster view's and our
+# dock); view ``close_view``; ``controller.cluster_metrics``, ``controller.view_creator``,
+# ``supervisor.columns``.  phy's tables are touched only in _rebuild_tables
+# (``get_current_sort``, ``ClusterView._reset_table``: what phy's ``Supervisor.label`` uses to
+# add a column, ``reset``/``select``), _refresh_tables (``change``) and the tooltip
+# (``table_view``, the native Qt table of phy 2.1: ``indexAt``, ``viewport``).
+# ``Actions(gui, menu=..., submenu=...)`` with ``alias``/``prompt`` for the ``:bc`` snippet,
+# ``gui.state`` (the plugin's choices, saved in phy's state.json), ``gui.status_message`` and
+# the "phy" logger (phy.log + status bar).
 # Every function phy calls is wrapped: an exception is logged and shown, never raised into phy.
 
 PLUGIN_NAME = "BombcellReasonPlugin"
@@ -1796,12 +1802,11 @@ class _PluginLogic:
 
     def tooltip(self, table, pos):
         """Text of the tooltip at ``pos`` (viewport coordinates) of a table, or None."""
-        view = table.table_view
-        index = view.indexAt(pos)
+        index = table.table_view.indexAt(pos)
         if not index.isValid() or table.columns[index.column()] != COLUMN:
             return None
-        row = table._row_for_proxy_index(index)
-        return None if row is None else self.book.full_reason(int(row["id"]))
+        cluster_id = index.sibling(index.row(), table.columns.index("id")).data()
+        return None if cluster_id is None else self.book.full_reason(int(cluster_id))
 
     # -- dock view --------------------------------------------------------------------------------
 

@@ -1447,8 +1447,9 @@ def _explanation_html(info):
              "rest": "the other criteria"}
     current = None
     for c, decisive in ordered_criteria(info):
-        group = "decisive" if decisive else ("rest" if c["status"] in ("pass", "nan", "disabled")
-                                             else "fail")
+        # A status other than fail (e.g. a failure bombcell keeps) goes with the rest, in its
+        # own colour and with its name.
+        group = "decisive" if decisive else ("fail" if c["status"] == "fail" else "rest")
         if group != current:
             out.append(f"<tr><td colspan='3' class='head'>{heads[group]}</td></tr>")
             current = group
@@ -1682,14 +1683,24 @@ class _PluginLogic:
         from phylib.utils import unconnect
         from phy.gui.qt import QTimer
         unconnect(self._on_first_show)
-        sizer = _define_phy_classes()[3](self.gui, self._size_docks)
+        self._sizer = _define_phy_classes()[3](self.gui, self._size_docks)
         QTimer.singleShot(0, self._size_docks)
-        QTimer.singleShot(int(FIRST_OPEN_SIZING_SECONDS * 1000), sizer.stop)
+        QTimer.singleShot(int(FIRST_OPEN_SIZING_SECONDS * 1000), self._stop_sizing)
+
+    def _stop_sizing(self):
+        sizer, self._sizer = getattr(self, "_sizer", None), None
+        try:
+            if sizer is not None:
+                sizer.stop()
+        except RuntimeError:  # the GUI (and the sizer with it) was closed already
+            pass
 
     @_guarded("sizing the views on the first open")
     def _size_docks(self):
         from phy.gui.qt import Qt
         gui = self.gui
+        if gui is None or getattr(gui, "_closed", False) or not gui.isVisible():
+            return
         docks = [(getattr(v, "dock", None), width) for views, width in (
             (gui.list_views("ClusterView"), FIRST_OPEN_WIDTHS[0]),
             (gui.list_views(VIEW_NAME), FIRST_OPEN_WIDTHS[1])) for v in views[:1]]
@@ -1706,6 +1717,7 @@ class _PluginLogic:
         # The GUI's handlers go; the controller's stay (a controller may get another GUI).
         from phylib.utils import unconnect
         unconnect(self._on_gui_close)
+        self._stop_sizing()
         if self.view is not None:
             self.view.detach()
 

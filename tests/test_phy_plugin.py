@@ -156,6 +156,9 @@ def test_column_once_first_and_equal_to_the_cli_text(phy, dataset):
             assert n_failing[cluster_id] == result.n_failing[result.row(cluster_id)]
             assert isinstance(n_failing[cluster_id], int)  # sorts and filters as a number
     assert max(len(t) for t in shown.values()) <= 45  # short enough for the default layout
+    s.cluster_view.sort_by(bcp.N_FAILING_COLUMN, "desc")  # sorts as a number
+    by_failing = [n_failing[c] for c in s.cluster_view.get_ids()]
+    assert by_failing == sorted(by_failing, reverse=True) and by_failing[0] >= 2
 
     # The tooltip names the criteria in full.
     plugin = controller.bombcell_reason

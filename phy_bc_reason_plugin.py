@@ -79,15 +79,18 @@ RULES = (
     Rule("noise", "nTroughs", ">", "maxNTroughs", short="# troughs"),
     Rule("noise", "waveformDuration_peakTrough", "<", "minWvDuration", short="waveform duration"),
     Rule("noise", "waveformDuration_peakTrough", ">", "maxWvDuration", short="waveform duration"),
-    Rule("noise", "waveformBaselineFlatness", ">", "maxWvBaselineFraction", short="baseline flatness"),
-    Rule("noise", "scndPeakToTroughRatio", ">", "maxScndPeakToTroughRatio_noise", short="peak2/trough"),
+    Rule("noise", "waveformBaselineFlatness", ">", "maxWvBaselineFraction",
+         short="baseline flatness"),
+    Rule("noise", "scndPeakToTroughRatio", ">", "maxScndPeakToTroughRatio_noise",
+         short="peak2/trough"),
     Rule("noise", "spatialDecaySlope", "<", "minSpatialDecaySlope",
          enabled_when=(("computeSpatialDecay", True), ("spDecayLinFit", True)), short="spatial decay"),
     Rule("noise", "spatialDecaySlope", "<", "minSpatialDecaySlopeExp",
          enabled_when=(("computeSpatialDecay", True), ("spDecayLinFit", False)), short="spatial decay"),
     Rule("noise", "spatialDecaySlope", ">", "maxSpatialDecaySlopeExp",
          enabled_when=(("computeSpatialDecay", True), ("spDecayLinFit", False)), short="spatial decay"),
-    Rule("mua", "percentageSpikesMissing_gaussian", ">", "maxPercSpikesMissing", short="% spikes missing"),
+    Rule("mua", "percentageSpikesMissing_gaussian", ">", "maxPercSpikesMissing",
+         short="% spikes missing"),
     Rule("mua", "nSpikes", "<", "minNumSpikes", short="# spikes"),
     Rule("mua", "fractionRPVs_estimatedTauR", ">", "maxRPVviolations",
          kept_when=("keepUncertainRPVUnits", "RPV_status", 0), short="fraction RPVs"),
@@ -96,14 +99,22 @@ RULES = (
          enabled_when=(("extractRaw", True),), skipped_where_nan="rawAmplitude", short="amplitude"),
     Rule("mua", "signalToNoiseRatio", "<", "minSNR",
          enabled_when=(("extractRaw", True),), skipped_where_nan="rawAmplitude", short="SNR"),
-    Rule("mua", "maxDriftEstimate", ">", "maxDrift", enabled_when=(("computeDrift", True),), short="max. drift"),
-    Rule("mua", "isolationDistance", "<", "isoDmin", enabled_when=(("computeDistanceMetrics", True),), short="isolation dist."),
-    Rule("mua", "Lratio", ">", "lratioMax", enabled_when=(("computeDistanceMetrics", True),), short="L-ratio"),
-    Rule("non-somatic", "troughToPeak2Ratio", "<", "minTroughToPeak2Ratio_nonSomatic", route="A", short="trough/peak2"),
-    Rule("non-somatic", "mainPeak_before_width", "<", "minWidthFirstPeak_nonSomatic", route="A", short="peak1 width"),
-    Rule("non-somatic", "mainTrough_width", "<", "minWidthMainTrough_nonSomatic", route="A", short="trough width"),
-    Rule("non-somatic", "peak1ToPeak2Ratio", ">", "maxPeak1ToPeak2Ratio_nonSomatic", route="A", short="peak1/peak2"),
-    Rule("non-somatic", "mainPeakToTroughRatio", ">", "maxMainPeakToTroughRatio_nonSomatic", route="B", short="main peak/trough"),
+    Rule("mua", "maxDriftEstimate", ">", "maxDrift", enabled_when=(("computeDrift", True),),
+         short="max. drift"),
+    Rule("mua", "isolationDistance", "<", "isoDmin",
+         enabled_when=(("computeDistanceMetrics", True),), short="isolation dist."),
+    Rule("mua", "Lratio", ">", "lratioMax", enabled_when=(("computeDistanceMetrics", True),),
+         short="L-ratio"),
+    Rule("non-somatic", "troughToPeak2Ratio", "<", "minTroughToPeak2Ratio_nonSomatic", route="A",
+         short="trough/peak2"),
+    Rule("non-somatic", "mainPeak_before_width", "<", "minWidthFirstPeak_nonSomatic", route="A",
+         short="peak1 width"),
+    Rule("non-somatic", "mainTrough_width", "<", "minWidthMainTrough_nonSomatic", route="A",
+         short="trough width"),
+    Rule("non-somatic", "peak1ToPeak2Ratio", ">", "maxPeak1ToPeak2Ratio_nonSomatic", route="A",
+         short="peak1/peak2"),
+    Rule("non-somatic", "mainPeakToTroughRatio", ">", "maxMainPeakToTroughRatio_nonSomatic",
+         route="B", short="main peak/trough"),
 )
 
 ROUTE_NAMES = {  # in the criteria view
@@ -1732,7 +1743,8 @@ class _PluginLogic:
     def summary(self):
         book = self.book
         if not book.ok and book.no_results:
-            return f"bombcell reasons: no bombcell results for this dataset ({book.error})"
+            return (f"bombcell reasons: no bombcell results folder {self.dataset_dir / BOMBCELL_DIRNAME}; "
+                    f"run bombcell on this dataset, then Bombcell > Reload bombcell results")
         if not book.ok:
             return f"bombcell reasons unavailable ({UNCLASSIFIED}): {book.error}"
         counts = label_counts(book.classification.label)

@@ -477,8 +477,10 @@ def comparison_text(op, value, threshold, status):
     if status == "disabled":
         return "off"
     v, t = comparison_numbers(value, threshold)
-    if status == "nan" or value is None:
-        return f"{v} (not tested)"
+    if status == "nan" and np.isnan(_as_float(value)):
+        return "NaN (passes)"  # bombcell's comparisons are False for NaN
+    if status == "nan":
+        return f"{v} (not tested)"  # skipped where another metric is NaN
     if status == "pass":
         op = {">": "\u2264", "<": "\u2265"}[op]  # the relation that holds: <= or >=
     return f"{v} {op} {t}"
@@ -1401,7 +1403,7 @@ h3 { margin: 2px 0 2px 0; }
 td, th { padding: 1px 2px 1px 2px; }
 th { color: #aaa; text-align: left; font-weight: normal; }
 .dim { color: #888; }
-.full { color: #999; font-size: 8pt; font-weight: normal; }
+.full { color: #999; font-size: 8pt; font-weight: normal; line-height: 125%; }
 .num { text-align: right; white-space: nowrap; }
 .v { text-align: right; white-space: nowrap; font-size: 8pt; }
 .head { color: #9cf; font-weight: bold; padding-top: 6px; }

@@ -711,3 +711,22 @@ def test_readme_filters_work_in_phys_filter(phy, dataset):
         # An expression phy rejects shows every row: so this also proves phy accepted it.
         assert shown == expected and 0 < len(shown) < len(rows), expression
     table.filter("")
+
+
+def test_any_new_status_renders_without_code_changes(dataset):
+    """A status the view has no style for (e.g. 'kept': a failure bombcell keeps under
+    keepUncertainRPVUnits) is listed with its name, in a neutral colour, never red."""
+    result = pr.classify_dataset(dataset)
+    cluster_id = int(result.cluster_ids[result.label == "GOOD"][0])
+    info = result.explain(cluster_id)
+    rpv = next(c for c in info["criteria"] if c["param"] == "maxRPVviolations")
+    rpv.update(status="kept", value=0.5)
+    html = bcp._explanation_html(info)
+    at = html.index("fraction RPVs")
+    row = html[html.rfind("<tr", 0, at):html.find("</tr>", at)]
+    assert "0.5 &gt; 0.1 kept" in html and bcp._DECISIVE_STYLE not in row
+    assert bcp._OTHER_STATUS_STYLE in row
+    assert "kept" in pr.format_explanation(info)
+    other = result.explain(int(result.cluster_ids[0]))
+    assert "0.5" in bcp._comparison_html([cluster_id, int(result.cluster_ids[0])], [info, other],
+                                         ["a", "b"], 0)

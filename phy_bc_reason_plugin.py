@@ -1387,9 +1387,9 @@ class ReasonBook:
 
 
 # -- HTML (QTextBrowser's rich-text subset: tables, inline styles, a document stylesheet) --------
-# Written for the view's default width in phy's layout (~330 px at 1920x1080): every line may
-# wrap (long criterion names break at their spaces), only the short "0.23 > 0.1" cells do not,
-# so the view never scrolls sideways and never asks the dock for more room.
+# Written for the view's width in phy's default layout (~260 px at 1920x1080; fits from 230 px
+# up, tested): every line may wrap (long criterion names break at their spaces), only the short
+# "0.23 > 0.1" cells do not, so the view never scrolls sideways nor asks the dock for more room.
 
 _LABEL_COLORS = {"GOOD": "#86d16d", "MUA": "#e0b040", "NOISE": "#a0a0a0", UNCLASSIFIED: "#e07070"}
 # Row styles: criteria deciding the label are red; any other status gets its own style, and a
@@ -1991,7 +1991,8 @@ class _PluginLogic:
 
 
 # Widths (px) of the cluster view and of the reason view on the first open: the cluster view
-# shows id, the reason, fr and n_spikes; the reason view's HTML is written for ~330 px.
+# shows id, the reason, fr and n_spikes; the reason view's HTML fits ~230 px and more.  Qt
+# stops short of these (the views between reach their minimum widths): ~520 and ~260 px.
 FIRST_OPEN_WIDTHS = (580, 270)
 FIRST_OPEN_SIZING_SECONDS = 5
 # Not Alt+B (the Bombcell menu's mnemonic) nor any of phy's own shortcuts.
@@ -2082,10 +2083,10 @@ def _define_phy_classes():
             self._supervisor = None
 
         def sizeHint(self):
-            # The width of the right-hand column of phy's default layout at 1920x1080: the
-            # HTML is written to fit it, so the dock neither grows on the first selection
+            # About what the view gets in phy's default layout at 1920x1080 (see
+            # FIRST_OPEN_WIDTHS); the HTML fits it, so the dock neither grows on a selection
             # nor pushes the window past the screen.
-            return QSize(330, 400)
+            return QSize(FIRST_OPEN_WIDTHS[1], 400)
 
         def minimumSizeHint(self):
             return QSize(120, 80)

@@ -1824,7 +1824,8 @@ class _PluginLogic:
         cls = _define_phy_classes()[2]
         supervisor = self.controller.supervisor
         self._tooltips = [cls(self, table) for table in (supervisor.cluster_view,
-                                                          supervisor.similarity_view)]
+                                                          supervisor.similarity_view)
+                          if hasattr(table, "table_view")]  # phy 2.0's HTML table: none
 
     def tooltip(self, table, pos):
         """Text of the tooltip at ``pos`` (viewport coordinates) of a table, or None."""

@@ -972,6 +972,11 @@ def _cmd_install(args):
 
 
 def _cmd_demo(args):
+    import importlib.util
+    if importlib.util.find_spec("bombcell") is None:  # an extra ([demo]), not a requirement
+        print("phy-bc-reason demo: it runs bombcell, which is not installed here; "
+              "pip install 'phy-bc-reason[demo]'", file=sys.stderr)
+        return 1
     import phy_bc_reason_demo
     return phy_bc_reason_demo.main(args.demo_args)
 

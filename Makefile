@@ -66,14 +66,14 @@ $(VPY20):
 	$(PYTHON20) -m venv $(VENV20)
 
 $(STAMP): setup.cfg pyproject.toml | $(VPY)
-	@echo "Installing phy-bc-reason (phy 2.1) and its test tools into $(VENV) (about 3-4 minutes on a fresh machine)"
+	@echo "Installing phy-bc-reason (phy 2.1) and its test tools into $(VENV) (1-4 minutes: 3-4 on a fresh machine)"
 	$(VPY) -m pip install $(PIP_QUIET) -e '.[test]'
 	@touch $@
 
 # First the lab's phy 2.0b5 environment, as a user has it; then the project and its test tools
 # with that environment as constraints, so that bombcell & co. come in versions that keep it.
 $(STAMP20): setup.cfg pyproject.toml $(ENV20) | $(VPY20)
-	@echo "Installing phy 2.0b5, phy-bc-reason and its test tools into $(VENV20) (about 3-4 minutes on a fresh machine)"
+	@echo "Installing phy 2.0b5, phy-bc-reason and its test tools into $(VENV20) (1-4 minutes: 3-4 on a fresh machine)"
 	$(VPY20) -m pip install $(PIP_QUIET) -r $(ENV20)
 	$(VPY20) -m pip install $(PIP_QUIET) -c $(ENV20) -e '.[test]'
 	@touch $@

@@ -1536,14 +1536,16 @@ class _PluginLogic:
         ``Supervisor.label`` does when it adds a column), keeping the sort and the selection."""
         supervisor = self.controller.supervisor
         cv, sv = supervisor.cluster_view, supervisor.similarity_view
-        columns = list(supervisor.columns)
         clusters, similar = list(supervisor.selected_clusters), list(supervisor.selected_similar)
 
+        # The columns are read at each step, not here: in phy 2.0 the steps run later, and a
+        # second toggle meanwhile must win.
         def rebuild_cluster_view(sort):
-            _rebuild_table(cv, supervisor.cluster_info, columns, sort, then=rebuild_similarity_view)
+            _rebuild_table(cv, supervisor.cluster_info, list(supervisor.columns), sort,
+                           then=rebuild_similarity_view)
 
         def rebuild_similarity_view():
-            _rebuild_table(sv, [], columns + ["similarity"], ("similarity", "desc"),
+            _rebuild_table(sv, [], list(supervisor.columns) + ["similarity"], ("similarity", "desc"),
                            then=lambda: _reselect(supervisor, clusters, similar))
 
         _table_sort(cv, rebuild_cluster_view)

@@ -1416,6 +1416,11 @@ def _run_demo(argv):
               f"package (pip install phy-bc-reason), not part of the drop-in file ({e})",
               file=sys.stderr)
         return EXIT_INPUT
+    import importlib.util
+    if importlib.util.find_spec("bombcell") is None:  # an extra ([demo]), not a requirement
+        print("phy-bc-reason demo: it runs bombcell, which is not installed here; "
+              "pip install 'phy-bc-reason[demo]'", file=sys.stderr)
+        return EXIT_INPUT
     return phy_bc_reason_demo.main(argv, prog="phy-bc-reason demo")
 
 
@@ -2219,15 +2224,19 @@ class _PluginLogic:
         ``Supervisor.label`` does when it adds a column), keeping the sort and the selection."""
         supervisor = self.controller.supervisor
         cv, sv = supervisor.cluster_view, supervisor.similarity_view
-        sort = cv.get_current_sort()
-        cv._reset_table(data=supervisor.cluster_info, columns=list(supervisor.columns),
-                        sort=tuple(sort) if sort else None)
-        similar = list(supervisor.selected_similar)
-        sv._reset_table(data=[], columns=list(supervisor.columns) + ["similarity"],
-                        sort=("similarity", "desc"))
-        sv.reset(supervisor.selected_clusters)
-        if similar:
-            sv.select(similar)
+        clusters, similar = list(supervisor.selected_clusters), list(supervisor.selected_similar)
+
+        # The columns are read at each step, not here: in phy 2.0 the steps run later, and a
+        # second toggle meanwhile must win.
+        def rebuild_cluster_view(sort):
+            _rebuild_table(cv, supervisor.cluster_info, list(supervisor.columns), sort,
+                           then=rebuild_similarity_view)
+
+        def rebuild_similarity_view():
+            _rebuild_table(sv, [], list(supervisor.columns) + ["similarity"], ("similarity", "desc"),
+                           then=lambda: _reselect(supervisor, clusters, similar))
+
+        _table_sort(cv, rebuild_cluster_view)
 
     def _refresh_tables(self):
         """New values of our columns in both tables (``Table.change``, rows by id)."""
@@ -2432,6 +2441,67 @@ def changes_text(old, new, cluster_ids, limit=6):
         text = f"{len(changed)} unit{'s' if len(changed) != 1 else ''} changed label: {listed}{more}"
     other = reasons - len(changed)
     return text + (f"; {other} other reason{'s' if other != 1 else ''} changed" if other > 0 else "")
+
+
+# -- phy 2.0 and 2.1 tables --------------------------------------------------------------------
+# phy 2.1's cluster and similarity views are Qt tables: every call answers at once.  phy 2.0's
+# (2.0b5, still in most labs) are HTML pages in QtWebEngine: ``get_current_sort`` and
+# ``get_selected`` answer only through a callback, and ``_reset_table`` loads a new page, which
+# takes commands only after it emits ``ready``.  These helpers are the only places that tell the
+# two apart, by what the running phy's table offers (never by version strings).
+
+def _html_table(view):
+    """True for phy 2.0's HTML table (a QWebEngineView, asynchronous), False for phy 2.1's Qt
+    table (a QWidget; it also has ``eval_js``, a synchronous stand-in for old callers)."""
+    return callable(getattr(view, "page", None))
+
+
+def _table_sort(view, callback):
+    """Call ``callback((name, direction) or None)`` with the view's current sort."""
+    def answer(sort):
+        callback(tuple(sort) if sort and sort[0] else None)
+    if _html_table(view):  # a callback from Qt's event loop: errors are reported, not raised
+        view.get_current_sort(_guarded("rebuilding the tables")(answer))
+    else:
+        answer(view.get_current_sort())
+
+
+def _after_event(sender, event, func):
+    """Call ``func()`` once, the next time ``sender`` emits ``event`` (after phy's handlers);
+    an exception is reported, not raised into phy."""
+    from phylib.utils import connect, unconnect
+
+    def once(*args, **kwargs):
+        unconnect(once)
+        _guarded(f"after {event}")(func)()
+    connect(once, event=event, sender=sender, last=True)
+
+
+def _rebuild_table(view, data, columns, sort, then):
+    """``view._reset_table`` (what phy's ``Supervisor.label`` does to add a column), then
+    ``then()`` once the new table takes commands."""
+    if _html_table(view):
+        _after_event(view, "ready", then)
+    view._reset_table(data=data, columns=columns, sort=sort)
+    if not _html_table(view):
+        then()
+
+
+def _reselect(supervisor, clusters, similar):
+    """Select ``clusters`` in the cluster view and ``similar`` in the similarity view again
+    after both were rebuilt.  phy 2.1's rebuilt cluster view keeps its selection; phy 2.0's new
+    page has none, and selecting there resets the similarity view, so ``similar`` comes after."""
+    cv, sv = supervisor.cluster_view, supervisor.similarity_view
+    if not clusters:
+        return
+    if _html_table(cv):
+        if similar:
+            _after_event(cv, "select", lambda: sv.select(similar))
+        cv.select(clusters)
+    else:
+        sv.reset(clusters)
+        if similar:
+            sv.select(similar)
 
 
 def _define_phy_classes():

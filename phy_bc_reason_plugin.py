@@ -66,6 +66,8 @@ class Rule:
     skipped_where_nan: str = None  # bombcell tests only units where this metric is not NaN
     kept_when: tuple = ()          # (flag, metric, value): a failure does not count where the flag
     #                                is on and metric == value (uncertain refractory-period units)
+    short: str = ""                # the name curators know (bombcell's GUI and make_qm_table):
+    #                                the column says "fraction RPVs", the view adds the full name
 
     @property
     def name(self):
@@ -73,43 +75,53 @@ class Rule:
 
 
 RULES = (
-    Rule("noise", "nPeaks", "isnan"),
-    Rule("noise", "nPeaks", ">", "maxNPeaks"),
-    Rule("noise", "nTroughs", ">", "maxNTroughs"),
-    Rule("noise", "waveformDuration_peakTrough", "<", "minWvDuration"),
-    Rule("noise", "waveformDuration_peakTrough", ">", "maxWvDuration"),
-    Rule("noise", "waveformBaselineFlatness", ">", "maxWvBaselineFraction"),
-    Rule("noise", "scndPeakToTroughRatio", ">", "maxScndPeakToTroughRatio_noise"),
+    Rule("noise", "nPeaks", "isnan", short="# peaks"),
+    Rule("noise", "nPeaks", ">", "maxNPeaks", short="# peaks"),
+    Rule("noise", "nTroughs", ">", "maxNTroughs", short="# troughs"),
+    Rule("noise", "waveformDuration_peakTrough", "<", "minWvDuration", short="waveform duration"),
+    Rule("noise", "waveformDuration_peakTrough", ">", "maxWvDuration", short="waveform duration"),
+    Rule("noise", "waveformBaselineFlatness", ">", "maxWvBaselineFraction",
+         short="baseline flatness"),
+    Rule("noise", "scndPeakToTroughRatio", ">", "maxScndPeakToTroughRatio_noise",
+         short="peak2/trough"),
     Rule("noise", "spatialDecaySlope", "<", "minSpatialDecaySlope",
-         enabled_when=(("computeSpatialDecay", True), ("spDecayLinFit", True))),
+         enabled_when=(("computeSpatialDecay", True), ("spDecayLinFit", True)), short="spatial decay"),
     Rule("noise", "spatialDecaySlope", "<", "minSpatialDecaySlopeExp",
-         enabled_when=(("computeSpatialDecay", True), ("spDecayLinFit", False))),
+         enabled_when=(("computeSpatialDecay", True), ("spDecayLinFit", False)), short="spatial decay"),
     Rule("noise", "spatialDecaySlope", ">", "maxSpatialDecaySlopeExp",
-         enabled_when=(("computeSpatialDecay", True), ("spDecayLinFit", False))),
-    Rule("mua", "percentageSpikesMissing_gaussian", ">", "maxPercSpikesMissing"),
-    Rule("mua", "nSpikes", "<", "minNumSpikes"),
+         enabled_when=(("computeSpatialDecay", True), ("spDecayLinFit", False)), short="spatial decay"),
+    Rule("mua", "percentageSpikesMissing_gaussian", ">", "maxPercSpikesMissing",
+         short="% spikes missing"),
+    Rule("mua", "nSpikes", "<", "minNumSpikes", short="# spikes"),
     Rule("mua", "fractionRPVs_estimatedTauR", ">", "maxRPVviolations",
-         kept_when=("keepUncertainRPVUnits", "RPV_status", 0)),
-    Rule("mua", "presenceRatio", "<", "minPresenceRatio"),
+         kept_when=("keepUncertainRPVUnits", "RPV_status", 0), short="fraction RPVs"),
+    Rule("mua", "presenceRatio", "<", "minPresenceRatio", short="presence ratio"),
     Rule("mua", "rawAmplitude", "<", "minAmplitude",
-         enabled_when=(("extractRaw", True),), skipped_where_nan="rawAmplitude"),
+         enabled_when=(("extractRaw", True),), skipped_where_nan="rawAmplitude", short="amplitude"),
     Rule("mua", "signalToNoiseRatio", "<", "minSNR",
-         enabled_when=(("extractRaw", True),), skipped_where_nan="rawAmplitude"),
-    Rule("mua", "maxDriftEstimate", ">", "maxDrift", enabled_when=(("computeDrift", True),)),
-    Rule("mua", "isolationDistance", "<", "isoDmin", enabled_when=(("computeDistanceMetrics", True),)),
-    Rule("mua", "Lratio", ">", "lratioMax", enabled_when=(("computeDistanceMetrics", True),)),
-    Rule("non-somatic", "troughToPeak2Ratio", "<", "minTroughToPeak2Ratio_nonSomatic", route="A"),
-    Rule("non-somatic", "mainPeak_before_width", "<", "minWidthFirstPeak_nonSomatic", route="A"),
-    Rule("non-somatic", "mainTrough_width", "<", "minWidthMainTrough_nonSomatic", route="A"),
-    Rule("non-somatic", "peak1ToPeak2Ratio", ">", "maxPeak1ToPeak2Ratio_nonSomatic", route="A"),
-    Rule("non-somatic", "mainPeakToTroughRatio", ">", "maxMainPeakToTroughRatio_nonSomatic", route="B"),
+         enabled_when=(("extractRaw", True),), skipped_where_nan="rawAmplitude", short="SNR"),
+    Rule("mua", "maxDriftEstimate", ">", "maxDrift", enabled_when=(("computeDrift", True),),
+         short="max. drift"),
+    Rule("mua", "isolationDistance", "<", "isoDmin",
+         enabled_when=(("computeDistanceMetrics", True),), short="isolation dist."),
+    Rule("mua", "Lratio", ">", "lratioMax", enabled_when=(("computeDistanceMetrics", True),),
+         short="L-ratio"),
+    Rule("non-somatic", "troughToPeak2Ratio", "<", "minTroughToPeak2Ratio_nonSomatic", route="A",
+         short="trough/peak2"),
+    Rule("non-somatic", "mainPeak_before_width", "<", "minWidthFirstPeak_nonSomatic", route="A",
+         short="peak1 width"),
+    Rule("non-somatic", "mainTrough_width", "<", "minWidthMainTrough_nonSomatic", route="A",
+         short="trough width"),
+    Rule("non-somatic", "peak1ToPeak2Ratio", ">", "maxPeak1ToPeak2Ratio_nonSomatic", route="A",
+         short="peak1/peak2"),
+    Rule("non-somatic", "mainPeakToTroughRatio", ">", "maxMainPeakToTroughRatio_nonSomatic",
+         route="B", short="main peak/trough"),
 )
 
 ROUTE_NAMES = {  # in the criteria view
     "A": "shape route: all 4 width/ratio tests fail",
     "B": "main-peak route",
 }
-ROUTE_TAGS = {"A": "(shape, all 4 fail)", "B": "(main peak)"}  # in the column: it must stay short
 
 # Labels by bombcell's numeric unit type; 3 reads "NON-SOMA GOOD" in split mode.
 NOISE, GOOD, MUA, NON_SOMA, NON_SOMA_MUA = 0, 1, 2, 3, 4
@@ -541,6 +553,9 @@ _STAGE = np.array([r.stage for r in RULES])
 _ROUTE = np.array([r.route for r in RULES])
 IS_NOISE, IS_MUA = _STAGE == "noise", _STAGE == "mua"
 IS_ROUTE_A, IS_ROUTE_B = _ROUTE == "A", _ROUTE == "B"
+# The order in which the column names a unit's deciding criteria (a NON-SOMA MUA unit: its MUA
+# failure first; a NON-SOMA unit: the single main-peak test before the four shape tests).
+_REASON_ORDER = np.concatenate([np.flatnonzero(m) for m in (IS_NOISE, IS_MUA, IS_ROUTE_B, IS_ROUTE_A)])
 
 
 def _non_somatic(fails):
@@ -595,6 +610,8 @@ def format_number(x, digits=3):
     name, others to ``digits`` significant digits (``None``: the shortest exact text)."""
     if x is None:
         return "None"
+    if isinstance(x, str):  # "inf"/"-inf" as JSON holds them
+        return x
     x = float(x)
     if x != x:
         return "NaN"
@@ -607,18 +624,62 @@ def format_number(x, digits=3):
     return repr(x) if digits is None else f"{x:.{digits}g}"  # tiny values keep their exponent
 
 
+def _as_float(x):
+    """A number as JSON or the tables hold it (None, "inf", float) as a float (None: NaN)."""
+    return np.nan if x is None else float(x)
+
+
+def _order(a, b):
+    return (a > b) - (a < b)
+
+
+def comparison_numbers(value, threshold):
+    """(value text, threshold text) with as few digits as show how the two compare: 3
+    significant digits, more only where fewer would print ``20 > 20`` for 20.04 > 20 (or turn a
+    pass into a fail).  The one number format of the column, the view and the CLI table."""
+    value, threshold = _as_float(value), _as_float(threshold)
+    if np.isnan(value) or np.isnan(threshold):
+        return format_number(value), format_number(threshold)
+    want = _order(value, threshold)
+    for digits in range(3, 18):
+        v, t = format_number(value, digits), format_number(threshold, digits)
+        if _order(float(v), float(t)) == want:
+            return v, t
+    return format_number(value, None), format_number(threshold, None)
+
+
 def criterion_text(rule, value, threshold):
-    """``metric>param (value > threshold)``: the threshold exact, the value to 3 digits, or more
-    where 3 digits would print it equal to the threshold it fails."""
+    """``metric>param (value > threshold)``: the criterion by its full names, for notes and
+    tooltips; numbers as ``comparison_numbers``."""
     if rule.op == "isnan":
         return f"{rule.metric} is NaN"
-    t = format_number(threshold, digits=None)
-    v = format_number(value)
-    digits = 3
-    while v == t and digits < 17 and value != threshold:
-        digits += 2
-        v = format_number(value, digits)
+    v, t = comparison_numbers(value, threshold)
     return f"{rule.name} ({v} {rule.op} {t})"
+
+
+def short_criterion_text(rule, value, threshold):
+    """``fraction RPVs 0.23 > 0.1``: the criterion as the column says it (short name first)."""
+    if rule.op == "isnan":
+        return f"{rule.short} is NaN"
+    v, t = comparison_numbers(value, threshold)
+    return f"{rule.short} {v} {rule.op} {t}"
+
+
+def comparison_text(op, value, threshold, status):
+    """``0.23 > 0.1`` for a failing criterion, ``0.05 <= 0.1`` for a passing one (the relation
+    that holds), ``NaN`` or ``off`` otherwise: what the view shows next to a criterion."""
+    if op == "isnan":
+        return "NaN" if status == "fail" else "not NaN"
+    if status == "disabled":
+        return "off"
+    v, t = comparison_numbers(value, threshold)
+    if status == "nan" and np.isnan(_as_float(value)):
+        return "NaN (passes)"  # bombcell's comparisons are False for NaN
+    if status == "nan":
+        return f"{v} (not tested)"  # skipped where another metric is NaN
+    if status == "pass":
+        op = {">": "\u2264", "<": "\u2265"}[op]  # the relation that holds: <= or >=
+    return f"{v} {op} {t}"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -667,60 +728,73 @@ class Classification:
         """Row index of a cluster, or None when bombcell has no row for it."""
         return self._row.get(int(cluster_id))
 
-    def _first_decisive_text(self, rules_mask):
-        """Per unit, the first decisive criterion among ``rules_mask`` (table order) as text,
-        with "+N more" for the others; "" where none decides.  Built rule by rule, not unit by
-        unit: only the number formatting touches single units."""
-        mask = self.decisive & rules_mask[:, None]
-        first, count = np.argmax(mask, axis=0), mask.sum(axis=0)
-        texts = np.full(len(self), "", dtype=object)
-        for i in np.unique(first[count > 0]):
-            units = np.flatnonzero((first == i) & (count > 0))
-            texts[units] = self._criterion_texts(i, units)
-        more = count > 1
-        texts[more] += np.char.add(" +", (count[more] - 1).astype(str)).astype(object) + " more"
-        return texts, count > 0
-
     def _criterion_texts(self, i, units):
-        """criterion_text of rule ``i`` for ``units``, cached per rule and threshold and shared
-        with what-ifs (the same metrics): a what-if formats only what its changes changed."""
+        """short_criterion_text of rule ``i`` for ``units``, cached per rule and threshold and
+        shared with what-ifs (the same metrics): a what-if formats only what its changes changed."""
         cache = self.real._text_cache
         key = (i, float(self.thresholds[i]))
         texts = cache.get(key)
         if texts is None:
             texts = cache[key] = np.full(len(self), None, dtype=object)
         todo = units[np.equal(texts[units], None)]
-        texts[todo] = [criterion_text(RULES[i], v, self.thresholds[i]) for v in self.values[i, todo]]
+        texts[todo] = [short_criterion_text(RULES[i], v, self.thresholds[i])
+                       for v in self.values[i, todo]]
         return texts[units]
 
     def _reasons(self):
-        codes = self.codes
-        noise, _ = self._first_decisive_text(IS_NOISE)
-        mua, _ = self._first_decisive_text(IS_MUA)
-        route_b, has_b = self._first_decisive_text(IS_ROUTE_B)
-        route_a, has_a = self._first_decisive_text(IS_ROUTE_A)
-        non_somatic = np.where(has_b, f"{ROUTE_TAGS['B']} " + route_b, "").astype(object)
-        non_somatic[has_a & has_b] += "; "
-        non_somatic[has_a] += f"{ROUTE_TAGS['A']} " + route_a[has_a]
-
-        reasons = np.full(len(self), "GOOD: passed all thresholds", dtype=object)
-        reasons[np.isnan(codes)] = (
-            f"{NO_LABEL}: unit has no spikes (nSpikes = 0); bombcell leaves it unlabelled")
-        for code, text in ((NOISE, noise), (MUA, mua)):
-            reasons[codes == code] = self.label[codes == code] + ": " + text[codes == code]
-        is_ns = codes == NON_SOMA
-        reasons[is_ns] = self.label[is_ns] + ": " + non_somatic[is_ns]
-        is_ns_mua = codes == NON_SOMA_MUA
-        reasons[is_ns_mua] = "NON-SOMA MUA: " + mua[is_ns_mua] + "; " + non_somatic[is_ns_mua]
-        # A unit that fails the RPV test but is kept for its uncertain estimate says so (NOISE
-        # units: the MUA tests do not matter).
-        kept = self.kept.any(axis=0) & (codes != NOISE) & ~np.isnan(codes)
-        reasons[kept] += " (RPV kept: uncertain estimate)"
+        """The column's text: the label, then the first criterion that decides it, by its short
+        name with value and threshold, and "+N" for the others deciding it too
+        (``MUA: fraction RPVs 0.23 > 0.1 +1``).  At most ~40 characters, so that phy's cluster
+        view shows it whole beside fr and n_spikes; ``full_reason`` names every criterion."""
+        mask = self.decisive[_REASON_ORDER]
+        count = mask.sum(axis=0)
+        first = _REASON_ORDER[np.argmax(mask, axis=0)]
+        texts = np.full(len(self), "passed all thresholds", dtype=object)
+        texts[np.isnan(self.codes)] = "no spikes"
+        for i in np.unique(first[count > 0]):  # rule by rule: only numbers touch single units
+            units = np.flatnonzero((first == i) & (count > 0))
+            texts[units] = self._criterion_texts(i, units)
+        more = count > 1
+        texts[more] += np.char.add(" +", (count[more] - 1).astype(str)).astype(object)
+        # A unit whose RPV failure bombcell forgives (uncertain estimate, keepUncertainRPVUnits)
+        # and that nothing else decides says so, rather than "passed all thresholds".
+        kept = self.kept.any(axis=0) & (count == 0) & ~np.isnan(self.codes)
+        texts[kept] = [f"{RULES[i].short} kept (uncertain)"
+                       for i in np.argmax(self.kept[:, kept], axis=0)]
+        labels = np.where(self.label == "", NO_LABEL, self.label).astype(object)
+        reasons = labels + ": " + texts
         differs = self.label_differs
         if differs.any():
             saved = np.array([s or NO_LABEL for s in self.bombcell_label[differs]], dtype=object)
-            reasons[differs] += " (bombcell saved " + saved + ": results changed since?)"
+            reasons[differs] += " (bombcell saved " + saved + ")"
         return reasons
+
+    def full_reason(self, cluster_id):
+        """The reason with every deciding criterion by its full names (the column's tooltip)."""
+        unit = self.row(cluster_id)
+        if unit is None:
+            return None
+        label = self.label[unit] or NO_LABEL
+        decisive = np.flatnonzero(self.decisive[:, unit])
+        if not len(decisive):
+            kept = np.flatnonzero(self.kept[:, unit])
+            if len(kept) and not np.isnan(self.codes[unit]):
+                i = kept[0]
+                return (f"{label}: {criterion_text(RULES[i], self.values[i, unit], self.thresholds[i])}"
+                        f" kept: uncertain RPV estimate, kept by keepUncertainRPVUnits")
+            return f"{label}: " + ("unit has no spikes (nSpikes = 0); bombcell leaves it unlabelled"
+                                   if np.isnan(self.codes[unit]) else "passed all thresholds")
+        return f"{label}: " + "; ".join(
+            criterion_text(RULES[i], self.values[i, unit], self.thresholds[i]) for i in decisive)
+
+    @property
+    def n_failing(self):
+        """Per unit, how many criteria fail that can change its label (the ``bc_nFailing``
+        column): every failing criterion, except shape-route tests while fewer than all four
+        fail (the route is one AND of four; a partial failure changes nothing)."""
+        route_a, _ = _non_somatic(self.fails)
+        partial = self.fails[IS_ROUTE_A].sum(axis=0) * ~route_a
+        return self.fails.sum(axis=0) - partial
 
     def reason_by_cluster(self):
         return dict(zip(self.cluster_ids.tolist(), self.reason.tolist()))
@@ -846,23 +920,40 @@ def _json_number(x):
     return x
 
 
+def _criterion_key(c):
+    return c["metric"], c["op"], c["param"]
+
+
+def ordered_criteria(info):
+    """The criteria of ``Classification.explain`` in the order the view and the CLI list them:
+    those deciding the label, then the other failing ones, then the rest (by STATUS_ORDER, any
+    status without an order last).  Returns [(criterion, decisive), ...]."""
+    decisive = {_criterion_key(c) for c in info["decisive"]}
+    rows = [(c, _criterion_key(c) in decisive) for c in info["criteria"]]
+    return sorted(rows, key=lambda r: (not r[1], STATUS_ORDER.get(r[0]["status"], len(STATUS_ORDER))))
+
+
+_SHORT_NAMES = {(r.metric, r.op, r.param): r.short for r in RULES}
+
+
 def format_explanation(info):
-    """Multi-line text for one cluster from ``Classification.explain``: failing criteria first,
-    those that decide the label marked with *."""
+    """Multi-line text for one cluster from ``Classification.explain``: the criteria deciding
+    the label first (marked *), then the other failing ones, then the rest."""
     saved = info["bombcell_label"]
     lines = [f"cluster {info['cluster_id']}: {info['reason']}",
              f"  label: {info['label'] or NO_LABEL}   bombcell's saved label: "
              f"{(saved or NO_LABEL) if saved is not None else 'not saved'}",
-             f"    {'stage':13} {'criterion: fails when':58} {'value':>9} {'threshold':>10} "
-             f"{'status':8} {'margin':>9}"]
-    decisive = {(c["metric"], c["op"], c["param"]) for c in info["decisive"]}
-    rows = sorted(info["criteria"], key=lambda c: (
-        STATUS_ORDER[c["status"]], (c["metric"], c["op"], c["param"]) not in decisive))
-    for c in rows:
-        mark = "*" if (c["metric"], c["op"], c["param"]) in decisive else " "
+             f"    {'stage':13} {'name':18} {'criterion: fails when':57} {'value':>9} "
+             f"{'threshold':>10} {'status':8} {'margin':>9}"]
+    for c, is_decisive in ordered_criteria(info):
+        mark = "*" if is_decisive else " "
         crit = f"{c['metric']} is NaN" if c["op"] == "isnan" else f"{c['metric']}{c['op']}{c['param']}"
-        value = "NaN" if c["value"] is None else _fmt_json(c["value"])
-        lines.append(f"  {mark} {c['stage']:13} {crit:58} {value:>9} {_fmt_json(c['threshold']):>10} "
+        if c["op"] == "isnan":
+            value, threshold = format_number(_as_float(c["value"])), "-"
+        else:
+            value, threshold = comparison_numbers(c["value"], c["threshold"])
+        short = _SHORT_NAMES.get(_criterion_key(c), "")
+        lines.append(f"  {mark} {c['stage']:13} {short:18} {crit:57} {value:>9} {threshold:>10} "
                      f"{c['status']:8} {_fmt_json(c['margin']):>9}")
     lines.append("  * decides the label.  margin: distance on the passing side (negative: fails)")
     lines.extend(f"  note: {note}" for note in info["notes"])
@@ -870,9 +961,7 @@ def format_explanation(info):
 
 
 def _fmt_json(x):
-    if x is None:
-        return "-"
-    return x if isinstance(x, str) else format_number(x)
+    return "-" if x is None else format_number(x)
 
 
 def read_cluster_tsv(path):
@@ -1579,8 +1668,8 @@ def explain_cluster(dataset_dir, cluster_id, bombcell_dir=None):
 
 def rules_markdown():
     """The rule table as Markdown (the README's table is tested equal to this)."""
-    lines = ["| stage | criterion: the unit fails when | threshold parameter | enabled when |",
-             "|---|---|---|---|"]
+    lines = ["| stage | name | criterion: the unit fails when | threshold parameter | enabled when |",
+             "|---|---|---|---|---|"]
     for rule in RULES:
         stage = rule.stage + (f" {rule.route}" if rule.route else "")
         test = f"`{rule.metric}` is NaN" if rule.op == "isnan" else f"`{rule.metric}` {rule.op} threshold"
@@ -1592,7 +1681,8 @@ def rules_markdown():
             flag, metric, value = rule.kept_when
             extras.append(f"passes where {flag} and `{metric}` == {value}")
         enabled = "; ".join(filter(None, [enabled or "always"] + extras))
-        lines.append(f"| {stage} | {test} | {('`' + rule.param + '`') if rule.param else '-'} | {enabled} |")
+        lines.append(f"| {stage} | {rule.short} | {test} | "
+                     f"{('`' + rule.param + '`') if rule.param else '-'} | {enabled} |")
     return "\n".join(lines)
 
 
@@ -1768,6 +1858,11 @@ def _run_demo(argv):
               f"package (pip install phy-bc-reason), not part of the drop-in file ({e})",
               file=sys.stderr)
         return EXIT_INPUT
+    import importlib.util
+    if importlib.util.find_spec("bombcell") is None:  # an extra ([demo]), not a requirement
+        print("phy-bc-reason demo: it runs bombcell, which is not installed here; "
+              "pip install 'phy-bc-reason[demo]'", file=sys.stderr)
+        return EXIT_INPUT
     return phy_bc_reason_demo.main(argv, prog="phy-bc-reason demo")
 
 
@@ -1929,22 +2024,32 @@ def main(argv=None):
 # Column order: phy orders the views' columns as ``supervisor.columns`` (no saved column order
 # in phy 2.1's native Qt table; its GUI state keeps only the sort and the selection), so on
 # ``controller_ready`` -- after the supervisor exists, before ``create_gui`` builds the tables --
-# we move ``bc_classificationReason`` and ``bc_unitType`` right after ``id``, and leave the raw
-# bombcell metric labels out unless the user chose to show them (see set_show_raw_metrics).
+# we put FIRST_COLUMNS first (id, the reason, fr, n_spikes, bc_nFailing, bc_unitType: what fits
+# the cluster view of phy's default layout at 1920x1080), and leave the raw bombcell metric
+# labels out unless the user chose to show them (see set_raw_metrics_shown).  ``bc_nFailing`` is
+# a second cluster metric (a number, so phy sorts and filters it as one).
 #
 # Events and APIs used: controller ``controller_ready`` and ``gui_ready``; supervisor ``cluster``
 # (UpdateInfo: description, history, added, descendants) and ``select`` (the dock view), and
 # ``save_clustering`` (connected last=True, so it runs after phy's own ``on_save_clustering``);
-# GUI ``close``; view ``close_view``; ``controller.cluster_metrics``, ``controller.view_creator``,
-# ``supervisor.columns``, ``ClusterView._reset_table`` (what
-# phy's ``Supervisor.label`` uses to add a column), ``Actions(gui, menu=...)`` with
-# ``alias``/``prompt`` for the ``:bc`` snippet, ``gui.state`` (the plugin's toggles, saved in
-# phy's state.json), ``gui.status_message`` and the "phy" logger (phy.log + status bar).
+# GUI ``close`` and ``show`` (first open: ``gui.resizeDocks`` on the cluster view's and our
+# dock); view ``close_view``; ``controller.cluster_metrics``, ``controller.view_creator``,
+# ``supervisor.columns``.  phy's tables are touched only in _rebuild_tables
+# (``get_current_sort``, ``ClusterView._reset_table``: what phy's ``Supervisor.label`` uses to
+# add a column, ``reset``/``select``), _refresh_tables (``change``) and the tooltip
+# (``table_view``, the native Qt table of phy 2.1: ``indexAt``, ``viewport``).
+# ``Actions(gui, menu=..., submenu=...)`` with ``alias``/``prompt`` for the ``:bc`` snippet,
+# ``gui.state`` (the plugin's choices, saved in phy's state.json), ``gui.status_message`` and
+# the "phy" logger (phy.log + status bar).
 # Every function phy calls is wrapped: an exception is logged and shown, never raised into phy.
 
 PLUGIN_NAME = "BombcellReasonPlugin"
 VIEW_NAME = "BombcellReasonView"
 UNIT_TYPE_COLUMN = "bc_unitType"
+N_FAILING_COLUMN = "bc_nFailing"
+# The cluster view's first columns.  In phy's default layout at 1920x1080 the cluster view is
+# ~470 px wide: id, the short reason, phy's fr and n_spikes fit; the rest is a scroll away.
+FIRST_COLUMNS = ("id", COLUMN, "fr", "n_spikes", N_FAILING_COLUMN, UNIT_TYPE_COLUMN)
 # The cluster_<metric>.tsv files bombcell 0.94 writes next to the data (save_utils.get_metric_keys),
 # used when the results cannot be read; otherwise Classification.metric_columns is used too.
 _BOMBCELL_TSV_METRICS = (
@@ -1956,19 +2061,30 @@ _BOMBCELL_TSV_METRICS = (
     "maxDriftEstimate", "cumDriftEstimate", "rawAmplitude", "signalToNoiseRatio",
     "isolationDistance", "Lratio", "silhouetteScore", "useTheseTimesStart", "useTheseTimesStop",
 )
-_MAX_CLUSTERS_IN_VIEW = 6
 
 
 def _ids_text(ids):
     return ", ".join(str(i) for i in sorted({int(i) for i in ids}))
 
 
-def merged_reason(parents):
-    return unclassified_reason(f"merged from {_ids_text(parents)} after bombcell ran; re-run bombcell")
+def _parents_text(parents, label_of):
+    """``0 (MUA), 9 (GOOD)``: the parents with the labels they had."""
+    return ", ".join(f"{c} ({label_of(c)})" for c in sorted({int(i) for i in parents}))
 
 
-def split_reason(parents):
-    return unclassified_reason(f"split from {_ids_text(parents)} after bombcell ran; re-run bombcell")
+def merged_reason(parents, label_of=lambda c: "?"):
+    return unclassified_reason(f"merged from {_parents_text(parents, label_of)}; re-run bombcell")
+
+
+def split_reason(parents, label_of=lambda c: "?"):
+    return unclassified_reason(f"split from {_parents_text(parents, label_of)}; re-run bombcell")
+
+
+# The column when the dataset has no bombcell folder at all: quiet, the status bar and the view
+# say the rest.  Any other problem: short too, the full message is in the status bar and view.
+NO_RESULTS_REASON = "no bombcell results"
+UNUSABLE_RESULTS_REASON = unclassified_reason("bombcell results unusable")
+FOREIGN_RESULTS_REASON = unclassified_reason("bombcell results of another sorting")
 
 
 def _report_exception(what, error, gui=None):
@@ -2019,6 +2135,10 @@ class ReasonBook:
         # cluster id made after bombcell ran -> its UNCLASSIFIED text
         self._origin = recorded_origins(previous, self._base)
         self._html = {}  # cluster id -> cached HTML of the dock view
+        self._info = {}  # cluster id -> cached Classification.explain
+        self._n_failing = None  # cluster id -> number of failing criteria, built on first use
+        self.no_results = False  # the dataset has no bombcell folder: set by the plugin
+        self.foreign = False  # the results are another sorting's (or stale): set by check_clusters
 
     @classmethod
     def load(cls, dataset_dir, previous=None):
@@ -2069,15 +2189,42 @@ class ReasonBook:
             problem = None
         if problem:
             self.error = problem
+            self.foreign = True
             self._html.clear()
 
     def reason(self, cluster_id):
         if self.error is not None:
-            return unclassified_reason(self.error)
+            if self.no_results:
+                return NO_RESULTS_REASON
+            return FOREIGN_RESULTS_REASON if self.foreign else UNUSABLE_RESULTS_REASON
         text = self._base.get(cluster_id)
         if text is None:
             text = self._origin.get(cluster_id, NO_ROW_REASON)
         return text
+
+    def label_of(self, cluster_id):
+        """bombcell's label of a cluster as the classifier gives it, or UNCLASSIFIED."""
+        unit = self.classification.row(cluster_id) if self.ok and self.classification else None
+        if unit is None:
+            return UNCLASSIFIED
+        return self.classification.label[unit] or NO_LABEL
+
+    def n_failing(self, cluster_id):
+        """How many criteria the cluster fails (the bc_nFailing column); None without a row."""
+        if self.error is not None:
+            return None
+        if self._n_failing is None:
+            c = self.classification
+            self._n_failing = (dict(zip(c.cluster_ids.tolist(), c.n_failing.tolist()))
+                               if self.ok and c is not None else {})
+        return self._n_failing.get(int(cluster_id))
+
+    def full_reason(self, cluster_id):
+        """The reason with full criterion names (the column's tooltip)."""
+        if self.error is not None:
+            return unclassified_reason(self.error)
+        full = self.classification.full_reason(cluster_id) if cluster_id in self._base else None
+        return full or self.reason(cluster_id)
 
     def reasons(self, cluster_ids):
         return {int(c): self.reason(int(c)) for c in cluster_ids}
@@ -2109,31 +2256,41 @@ class ReasonBook:
             from_ = parents.get(new, set()) - {new}
             if not from_:
                 continue
-            self._origin[new] = merged_reason(from_) if merge else split_reason(from_)
+            made = merged_reason if merge else split_reason
+            self._origin[new] = made(from_, self.label_of)
             self._html.pop(new, None)
 
     # -- the dock view ----------------------------------------------------------------------------
 
     def html(self, cluster_ids):
-        """HTML of the dock view for a selection (cached per cluster: a selection is a join)."""
-        cluster_ids = [int(c) for c in cluster_ids][:_MAX_CLUSTERS_IN_VIEW]
+        """HTML of the dock view: one cluster in full, or 2-4 side by side (cached per cluster:
+        a selection is a join)."""
+        cluster_ids = [int(c) for c in cluster_ids]
         if not cluster_ids:
             return _html_page("<p class='dim'>Select a cluster to see why bombcell labelled it.</p>")
-        parts = []
-        for cluster_id in cluster_ids:
+        if self.error is not None:
+            return _html_page(_problem_html(self.error, self.no_results))
+        if len(cluster_ids) == 1:
+            cluster_id = cluster_ids[0]
             part = self._html.get(cluster_id)
             if part is None:
-                part = self._html[cluster_id] = self._cluster_html(cluster_id)
-            parts.append(part)
-        return _html_page("<hr>".join(parts))
+                info = self.info(cluster_id)
+                part = self._html[cluster_id] = (
+                    _explanation_html(info) if info is not None
+                    else _unclassified_html(cluster_id, self.reason(cluster_id)))
+            return _html_page(part)
+        shown = cluster_ids[:_MAX_CLUSTERS_IN_VIEW]
+        return _html_page(_comparison_html(
+            shown, [self.info(c) for c in shown], [self.reason(c) for c in shown],
+            len(cluster_ids) - len(shown)))
 
-    def _cluster_html(self, cluster_id):
-        info = None
-        if self.error is None and cluster_id in self._base:
-            info = self.classification.explain(cluster_id)
-        if info is None:
-            return _unclassified_html(cluster_id, self.reason(cluster_id), self.error)
-        return _explanation_html(info)
+    def info(self, cluster_id):
+        """``Classification.explain`` of a cluster (None without a bombcell row), cached."""
+        if self.error is not None or cluster_id not in self._base:
+            return None
+        if cluster_id not in self._info:
+            self._info[cluster_id] = self.classification.explain(cluster_id)
+        return self._info[cluster_id]
 
 
 WHATIF_PREFIX = "WHAT-IF "  # starts every classified row of the column during a what-if
@@ -2399,18 +2556,29 @@ class _WhatIfLogic:
             supervisor.similarity_view.change(rows)
 
 
-# -- HTML (QTextBrowser's rich-text subset: tables, inline styles, no CSS selectors on classes
-#    beyond the document stylesheet) ----------------------------------------------------------
+# -- HTML (QTextBrowser's rich-text subset: tables, inline styles, a document stylesheet) --------
+# Written for the view's width in phy's default layout (~260 px at 1920x1080; fits from 230 px
+# up, tested): every line may wrap (long criterion names break at their spaces), only the short
+# "0.23 > 0.1" cells do not, so the view never scrolls sideways nor asks the dock for more room.
 
 _LABEL_COLORS = {"GOOD": "#86d16d", "MUA": "#e0b040", "NOISE": "#a0a0a0", UNCLASSIFIED: "#e07070"}
+# Row styles: criteria deciding the label are red; any other status gets its own style, and a
+# status without one (a new one) a neutral amber, never red.
+_DECISIVE_STYLE = "background-color:#5a1d1d; color:#ffc0c0"
+_STATUS_STYLES = {"fail": "color:#e0b040", "pass": "", "nan": "color:#777", "disabled": "color:#666"}
+_OTHER_STATUS_STYLE = "color:#d8c080"
 _CSS = """
-body { background-color: #000; color: #ddd; font-size: 10pt; }
+body { background-color: #000; color: #ddd; font-size: 9pt; }
 h3 { margin: 2px 0 2px 0; }
-td, th { padding: 1px 5px 1px 5px; white-space: nowrap; }
+td, th { padding: 1px 2px 1px 2px; }
 th { color: #aaa; text-align: left; font-weight: normal; }
 .dim { color: #888; }
-.num { text-align: right; }
+.full { color: #999; font-size: 8pt; font-weight: normal; line-height: 125%; }
+.num { text-align: right; white-space: nowrap; }
+.v { text-align: right; white-space: nowrap; font-size: 8pt; }
+.head { color: #9cf; font-weight: bold; padding-top: 6px; }
 """
+_MAX_CLUSTERS_IN_VIEW = 4  # side by side; more selected clusters are counted, not shown
 
 
 def _esc(text):
@@ -2430,77 +2598,134 @@ def _label_color(label):
     return "#c090e0" if label.startswith("NON-SOMA") else "#ddd"
 
 
-def _fmt(x):
-    return "&ndash;" if x is None else _esc(_fmt_json(x))
+def _row_style(status, decisive):
+    if decisive:
+        return _DECISIVE_STYLE
+    return _STATUS_STYLES.get(status, _OTHER_STATUS_STYLE)
 
 
-def _stage_title(stage):
+def _full_name(c):
+    """``fractionRPVs_estimatedTauR > maxRPVviolations`` (spaces let it wrap)."""
+    if c["op"] == "isnan":
+        return f"{c['metric']} is NaN"
+    return f"{c['metric']} {c['op']} {c['param']}"
+
+
+def _stage_text(stage):
     base, _, route = stage.partition(" ")
-    if route and route in ROUTE_NAMES:
-        return f"{base} ({ROUTE_NAMES[route]})"
-    return stage
+    return f"{base}, {ROUTE_NAMES[route]}" if route in ROUTE_NAMES else stage
 
 
 def _explanation_html(info):
+    """One cluster: label, reason, then every criterion (deciding ones first, then the other
+    failing ones, then the rest), each failing one with its full names, stage and margin."""
     label = info["label"] or NO_LABEL
     saved = info["bombcell_label"]
-    out = [
-        f"<h3>cluster {info['cluster_id']} &nbsp;"
-        f"<span style='color:{_label_color(label)}'>{_esc(label)}</span></h3>",
-        f"<p><b>reason:</b> {_esc(info['reason'])}<br>",
-        f"<span class='dim'>bombcell's own label:</span> "
-        f"{_esc(saved) if saved is not None else 'not saved'}</p>",
-    ]
-    decisive = {(c["metric"], c["op"], c["param"]) for c in info["decisive"]}
-    stages = []  # stage order of the rule table, then failing criteria first inside each stage
-    for c in info["criteria"]:
-        if c["stage"] not in stages:
-            stages.append(c["stage"])
-    rows = ["<table cellspacing='0'><tr><th></th><th>criterion</th><th class='num'>value</th>"
-            "<th></th><th class='num'>limit</th><th>status</th><th class='num'>margin</th></tr>"]
-    worst = {s: min(STATUS_ORDER[c["status"]] for c in info["criteria"] if c["stage"] == s)
-             for s in stages}
-    for stage in sorted(stages, key=lambda s: (worst[s], stages.index(s))):
-        rows.append(f"<tr><td colspan='7' style='white-space:normal; color:#9cf; font-weight:bold;"
-                    f" padding-top:6px'>{_esc(_stage_title(stage))}</td></tr>")
-        crits = [c for c in info["criteria"] if c["stage"] == stage]
-        for c in sorted(crits, key=lambda c: STATUS_ORDER[c["status"]]):
-            is_decisive = (c["metric"], c["op"], c["param"]) in decisive
-            if c["status"] == "fail":
-                style, dim = " style='background-color:#5a1d1d; color:#ffc0c0'", "#d89090"
-            elif c["status"] in ("nan", "disabled"):
-                style, dim = " style='color:#777'", "#666"
-            else:
-                style, dim = "", "#888"
-            metric = _esc(c["metric"] + (" is NaN" if c["op"] == "isnan" else ""))
-            name = f"<b>{metric}</b>" if is_decisive else metric
-            if c["param"]:
-                name += f"<br><span style='color:{dim}; font-size:9pt'>{_esc(c['param'])}</span>"
-            mark = "&#9733;" if is_decisive else ""
-            op = "" if c["op"] == "isnan" else _esc(c["op"])
-            rows.append(
-                f"<tr{style}><td>{mark}</td><td>{name}</td>"
-                f"<td class='num'>{'NaN' if c['value'] is None else _fmt(c['value'])}</td><td>{op}</td>"
-                f"<td class='num'>{_fmt(c['threshold'])}</td><td>{c['status']}</td>"
-                f"<td class='num'>{_fmt(c['margin'])}</td></tr>")
-    rows.append("</table>")
-    out.append("".join(rows))
-    out.append("<p class='dim'>&#9733; decides the label &middot; margin: distance on the passing "
-               "side, negative = failing</p>")
+    out = [f"<h3>cluster {info['cluster_id']} &nbsp;"
+           f"<span style='color:{_label_color(label)}'>{_esc(label)}</span></h3>",
+           f"<p>{_esc(info['reason'])}<br><span class='dim'>bombcell's saved label: "
+           f"{_esc(saved or NO_LABEL) if saved is not None else 'not saved'}</span></p>",
+           "<table width='98%' cellspacing='0'>"]
+    heads = {"decisive": "decides the label", "fail": "also fails, does not decide the label",
+             "rest": "the other criteria"}
+    current = None
+    for c, decisive in ordered_criteria(info):
+        # A status other than fail (e.g. a failure bombcell keeps) goes with the rest, in its
+        # own colour and with its name.
+        group = "decisive" if decisive else ("fail" if c["status"] == "fail" else "rest")
+        if group != current:
+            out.append(f"<tr><td colspan='3' class='head'>{heads[group]}</td></tr>")
+            current = group
+        style = _row_style(c["status"], decisive)
+        mark = "&#9733;" if decisive else ""
+        name = _esc(_SHORT_NAMES[_criterion_key(c)] + (" is NaN" if c["op"] == "isnan" else ""))
+        name = f"<b>{name}</b>" if group != "rest" else name
+        compare = _esc(comparison_text(c["op"], c["value"], c["threshold"], c["status"]))
+        status = "" if c["status"] in _STATUS_STYLES else f" {_esc(c['status'])}"
+        out.append(f"<tr style='{style}'><td width='4%'>{mark}</td><td width='56%'>{name}</td>"
+                   f"<td width='40%' class='num'>{compare}{status}</td></tr>")
+        if group != "rest":
+            margin = "" if c["margin"] is None else f" &middot; margin {_esc(_fmt_json(c['margin']))}"
+            out.append(f"<tr style='{style}'><td></td><td colspan='2' class='full'>"
+                       f"{_esc(_full_name(c))} &middot; {_esc(_stage_text(c['stage']))}{margin}"
+                       f"</td></tr>")
+    out.append("</table>")
+    out.append("<p class='dim'>&#9733; red: decides the label &middot; margin: distance on the "
+               "passing side</p>")
     if info["notes"]:
         out.append("<ul>" + "".join(f"<li>{_esc(n)}</li>" for n in info["notes"]) + "</ul>")
     return "".join(out)
 
 
-def _unclassified_html(cluster_id, reason, error):
-    if error is not None:
-        hint = ("Fix the problem above (or run bombcell), then use Bombcell &gt; Reload bombcell "
-                "results; phy itself works as usual.")
-    else:
-        hint = ("bombcell only judged the clusters that existed when it ran. Save, re-run bombcell "
-                "on this dataset, then use Bombcell &gt; Reload bombcell results.")
+def _comparison_html(cluster_ids, infos, reasons, n_more):
+    """2-4 clusters side by side: one column per cluster; for every criterion that fails in any
+    of them (deciding ones first), a title line (short name and threshold) across the columns,
+    then each cluster's value; then each cluster's reason.  Narrow: no name column."""
+    rows = {}  # criterion key -> decides the label of any of the clusters
+    for info in infos:
+        for c, decisive in ordered_criteria(info) if info else ():
+            if c["status"] not in ("pass", "nan", "disabled"):
+                key = _criterion_key(c)
+                rows[key] = rows.get(key, False) or decisive
+    keys = list(_SHORT_NAMES)
+    order = sorted(rows, key=lambda k: (not rows[k], keys.index(k)))
+    n = len(cluster_ids)
+    colors = [_label_color(i["label"] if i else UNCLASSIFIED) for i in infos]
+    # Cluster ids coloured by label; the labels themselves open each reason below.
+    out = ["<table width='98%' cellspacing='0'><tr>" + "".join(
+        f"<th class='v' style='color:{col}'>{c}</th>" for c, col in zip(cluster_ids, colors))
+        + "</tr>"]
+    for key in order:
+        metric, op, _ = key
+        thresholds, cells = [], []
+        for info in infos:
+            c = next((c for c in info["criteria"] if _criterion_key(c) == key), None) if info else None
+            if c is None:
+                cells.append("<td class='v dim'>&ndash;</td>")
+                continue
+            decisive = any(_criterion_key(d) == key for d in info["decisive"])
+            if op == "isnan":
+                value = format_number(_as_float(c["value"]))
+            else:
+                value, threshold = comparison_numbers(c["value"], c["threshold"])
+                thresholds.append(threshold)
+            cells.append(f"<td class='v' style='{_row_style(c['status'], decisive)}'>"
+                         f"{_esc(value)}</td>")
+        limit = "is NaN" if op == "isnan" else f"{op} {max(thresholds, key=len)}"
+        out.append(f"<tr><td colspan='{n}' class='head'>{_esc(_SHORT_NAMES[key])} "
+                   f"<br><span class='full'>{_esc(metric)} {_esc(limit)}</span></td></tr>"
+                   f"<tr>{''.join(cells)}</tr>")
+    out.append("</table>")
+    out.append("<p class='dim'>" + ("No criterion fails for these clusters." if not order else
+                                    "red: decides the label; every other criterion passes") + "</p>")
+    out.extend(f"<p><b>{c}</b> {_esc(r)}</p>" for c, r in zip(cluster_ids, reasons))
+    if n_more:
+        out.append(f"<p class='dim'>+{n_more} more selected clusters not shown</p>")
+    return "".join(out)
+
+
+def _short_label(label):
+    return {"NON-SOMA GOOD": "NS GOOD", "NON-SOMA MUA": "NS MUA", UNCLASSIFIED: "?"}.get(
+        label, label or NO_LABEL)
+
+
+def _unclassified_html(cluster_id, reason):
+    hint = ("bombcell only judged the clusters that existed when it ran. Save, re-run bombcell "
+            "on this dataset, then use Bombcell &gt; Reload bombcell results.")
     return (f"<h3>cluster {cluster_id} &nbsp;<span style='color:{_label_color(UNCLASSIFIED)}'>"
             f"{UNCLASSIFIED}</span></h3><p>{_esc(reason)}</p><p class='dim'>{hint}</p>")
+
+
+def _problem_html(error, no_results):
+    """The view when bombcell's results cannot be used: what is wrong and how to fix it."""
+    run = ("<p>To explain the labels, run bombcell on this dataset (in Python: "
+           "<code>import bombcell as bc; param = bc.get_default_parameters(ks_dir); "
+           "bc.run_bombcell(ks_dir, ks_dir / 'bombcell', param)</code>), then use Bombcell &gt; "
+           "Reload bombcell results. phy itself works as usual.</p>")
+    if no_results:
+        return f"<h3>No bombcell results</h3><p class='dim'>{_esc(error)}</p>{run}"
+    return (f"<h3 style='color:{_label_color(UNCLASSIFIED)}'>bombcell results unusable</h3>"
+            f"<p>{_esc(error)}</p>{run}")
 
 
 # -- the plugin -------------------------------------------------------------------------------
@@ -2516,7 +2741,9 @@ class _PluginLogic(_WhatIfLogic):
         controller.bombcell_reason = self  # for the IPython view, other plugins and tests
         self.gui = None
         self.view = None
-        self.show_raw_metrics = False
+        self.actions = None
+        self.shown_raw_metrics = []
+        self._raw_metric_columns = []
         self._startup_message = None
         self._reason_failed = False
         self.book = ReasonBook(error="bombcell reasons not loaded yet")
@@ -2539,17 +2766,17 @@ class _PluginLogic(_WhatIfLogic):
         self.dataset_dir = Path(controller.dir_path)
         metadata = getattr(controller.model, "metadata", None)
         previous = metadata.pop(COLUMN, None) if isinstance(metadata, dict) else None
-        self.book = ReasonBook.load(self.dataset_dir, previous=previous)
-        if self.book.ok:
+        self.book = self._load_book(previous)
+        if self.book.ok:  # a problem is said once, in the status bar, when the GUI is ready
             logger.debug("bombcell reasons: read %s", self.book.classification.source)
-        else:
-            logger.warning("bombcell reasons unavailable: %s", self.book.error)
 
         # Our column first among the metrics, so that it follows the id column.
         metrics = controller.cluster_metrics
         others = {k: v for k, v in metrics.items() if k != COLUMN}
+        others.pop(N_FAILING_COLUMN, None)
         metrics.clear()
         metrics[COLUMN] = self.reason
+        metrics[N_FAILING_COLUMN] = self.n_failing
         metrics.update(others)
 
         # In View > Add view.  Shown by default: added once in _on_gui_ready (phy's first start
@@ -2557,7 +2784,12 @@ class _PluginLogic(_WhatIfLogic):
         controller.view_creator[VIEW_NAME] = self._create_view
         self._register_whatif_views(controller)
 
-    # -- the column -------------------------------------------------------------------------------
+    def _load_book(self, previous=None):
+        book = ReasonBook.load(self.dataset_dir, previous=previous)
+        book.no_results = not book.ok and not (self.dataset_dir / BOMBCELL_DIRNAME).exists()
+        return book
+
+    # -- the columns ------------------------------------------------------------------------------
 
     def reason(self, cluster_id):
         """The column's value (phy calls this for every row it builds)."""
@@ -2569,22 +2801,36 @@ class _PluginLogic(_WhatIfLogic):
                 _report_exception("computing the reason column", e, self.gui)
             return unclassified_reason(f"plugin error: {_one_line(e)}")
 
+    def n_failing(self, cluster_id):
+        """The bc_nFailing column: how many criteria fail (blank without a bombcell row)."""
+        try:
+            return self.book.n_failing(cluster_id)
+        except Exception as e:
+            if not self._reason_failed:
+                self._reason_failed = True
+                _report_exception("computing the bc_nFailing column", e, self.gui)
+            return None
+
     # -- controller events ------------------------------------------------------------------------
 
     @_guarded("setting up the cluster view")
     def _on_controller_ready(self, sender):
         supervisor = self.controller.supervisor
         self.book.check_clusters(supervisor.clustering.cluster_ids, prune=True)
-        # Column order: id, our reason, bombcell's label, then phy's and the other labels.
-        first = ["id", COLUMN] + ([UNIT_TYPE_COLUMN] if UNIT_TYPE_COLUMN in supervisor.columns else [])
+        # Column order (see FIRST_COLUMNS), then phy's other columns and the other labels.
+        first = [c for c in FIRST_COLUMNS if c in supervisor.columns]
         supervisor.columns[:] = first + [c for c in supervisor.columns if c not in first]
         # The raw metric columns are hidden by leaving them out of the views (see
-        # set_show_raw_metrics), decided before phy builds the tables.
+        # set_raw_metrics_shown), decided before phy builds the tables.
         metrics = self.book.metric_columns()
         self._raw_metric_columns = [c for c in supervisor.columns if c in metrics]
-        self.show_raw_metrics = self._saved_state().get("show_raw_metrics", False) is True
-        if not self.show_raw_metrics:
-            supervisor.columns[:] = [c for c in supervisor.columns if c not in metrics]
+        state = self._saved_state()
+        shown = state.get("raw_metric_columns")
+        if not isinstance(shown, list):  # older state: one switch for all
+            shown = list(self._raw_metric_columns) if state.get("show_raw_metrics") is True else []
+        self.shown_raw_metrics = [c for c in self._raw_metric_columns if c in shown]
+        supervisor.columns[:] = [c for c in supervisor.columns
+                                 if c not in metrics or c in self.shown_raw_metrics]
         self._connect(self._on_cluster, "cluster", supervisor)
         self._connect(self._on_save_clustering, "save_clustering", supervisor)
         self._write_tsv_if_stale()
@@ -2607,21 +2853,58 @@ class _PluginLogic(_WhatIfLogic):
         self._connect(self._on_gui_close, "close", gui)
         if self.book.ok and not state.get("view_added_once") and not gui.list_views(VIEW_NAME):
             gui.create_and_add_view(VIEW_NAME)
+            self._connect(self._on_first_show, "show", gui)
         if self.book.ok or gui.list_views(VIEW_NAME):
             state["view_added_once"] = True
-        state["show_raw_metrics"] = self.show_raw_metrics
+        state["raw_metric_columns"] = list(self.shown_raw_metrics)
         gui.state[PLUGIN_NAME] = state
+        self._install_tooltips()
         self.say(self._startup_message or self.summary(),
                  logging.INFO if self.book.ok else logging.WARNING)
+
+    @_guarded("sizing the views on the first open")
+    def _on_first_show(self, sender):
+        """On the first open with the plugin (phy's saved layout knows nothing of the reason
+        view), after phy restored its layout: widths that fit the column and the view, set
+        again when the window is resized (maximised) in the first seconds."""
+        from phylib.utils import unconnect
+        from phy.gui.qt import QTimer
+        unconnect(self._on_first_show)
+        self._sizer = _define_phy_classes()[3](self.gui, self._size_docks)
+        QTimer.singleShot(0, self._size_docks)
+        QTimer.singleShot(int(FIRST_OPEN_SIZING_SECONDS * 1000), self._stop_sizing)
+
+    def _stop_sizing(self):
+        sizer, self._sizer = getattr(self, "_sizer", None), None
+        try:
+            if sizer is not None:
+                sizer.stop()
+        except RuntimeError:  # the GUI (and the sizer with it) was closed already
+            pass
+
+    @_guarded("sizing the views on the first open")
+    def _size_docks(self):
+        from phy.gui.qt import Qt
+        gui = self.gui
+        if gui is None or getattr(gui, "_closed", False) or not gui.isVisible():
+            return
+        docks = [(getattr(v, "dock", None), width) for views, width in (
+            (gui.list_views("ClusterView"), FIRST_OPEN_WIDTHS[0]),
+            (gui.list_views(VIEW_NAME), FIRST_OPEN_WIDTHS[1])) for v in views[:1]]
+        # One dock at a time, twice: Qt moves each separator only part of the way when the
+        # views between have little room to give.
+        for dock, width in [(d, w) for d, w in docks if d is not None] * 2:
+            gui.resizeDocks([dock], [width], Qt.Horizontal)
 
     @_guarded("closing")
     def _on_gui_close(self, sender):
         state = self.gui.state.get(PLUGIN_NAME, None) or {}
-        state["show_raw_metrics"] = self.show_raw_metrics
+        state["raw_metric_columns"] = list(self.shown_raw_metrics)
         self.gui.state[PLUGIN_NAME] = state
         # The GUI's handlers go; the controller's stay (a controller may get another GUI).
         from phylib.utils import unconnect
         unconnect(self._on_gui_close)
+        self._stop_sizing()
         if self.view is not None:
             self.view.detach()
 
@@ -2635,6 +2918,9 @@ class _PluginLogic(_WhatIfLogic):
 
     def summary(self):
         book = self.book
+        if not book.ok and book.no_results:
+            return (f"bombcell reasons: no bombcell results folder {self.dataset_dir / BOMBCELL_DIRNAME}; "
+                    f"run bombcell on this dataset, then Bombcell > Reload bombcell results")
         if not book.ok:
             return f"bombcell reasons unavailable ({UNCLASSIFIED}): {book.error}"
         counts = label_counts(book.classification.label)
@@ -2689,21 +2975,44 @@ class _PluginLogic(_WhatIfLogic):
         ``Supervisor.label`` does when it adds a column), keeping the sort and the selection."""
         supervisor = self.controller.supervisor
         cv, sv = supervisor.cluster_view, supervisor.similarity_view
-        sort = cv.get_current_sort()
-        cv._reset_table(data=supervisor.cluster_info, columns=list(supervisor.columns),
-                        sort=tuple(sort) if sort else None)
-        similar = list(supervisor.selected_similar)
-        sv._reset_table(data=[], columns=list(supervisor.columns) + ["similarity"],
-                        sort=("similarity", "desc"))
-        sv.reset(supervisor.selected_clusters)
-        if similar:
-            sv.select(similar)
+        clusters, similar = list(supervisor.selected_clusters), list(supervisor.selected_similar)
+
+        # The columns are read at each step, not here: in phy 2.0 the steps run later, and a
+        # second toggle meanwhile must win.
+        def rebuild_cluster_view(sort):
+            _rebuild_table(cv, supervisor.cluster_info, list(supervisor.columns), sort,
+                           then=rebuild_similarity_view)
+
+        def rebuild_similarity_view():
+            _rebuild_table(sv, [], list(supervisor.columns) + ["similarity"], ("similarity", "desc"),
+                           then=lambda: _reselect(supervisor, clusters, similar))
+
+        _table_sort(cv, rebuild_cluster_view)
 
     def _refresh_tables(self):
+        """New values of our columns in both tables (``Table.change``, rows by id)."""
         supervisor = self.controller.supervisor
-        rows = [{"id": c, COLUMN: self.book.reason(c)} for c in self._cluster_ids()]
+        rows = [{"id": c, COLUMN: self.reason(c), N_FAILING_COLUMN: self.n_failing(c)}
+                for c in self._cluster_ids()]
         supervisor.cluster_view.change(rows)
         supervisor.similarity_view.change(rows)
+
+    def _install_tooltips(self):
+        """The reason with full criterion names as the tooltip of the column's cells (phy 2.1's
+        native Qt table: ``table_view`` and the row under the mouse)."""
+        cls = _define_phy_classes()[2]
+        supervisor = self.controller.supervisor
+        self._tooltips = [cls(self, table) for table in (supervisor.cluster_view,
+                                                          supervisor.similarity_view)
+                          if hasattr(table, "table_view")]  # phy 2.0's HTML table: none
+
+    def tooltip(self, table, pos):
+        """Text of the tooltip at ``pos`` (viewport coordinates) of a table, or None."""
+        index = table.table_view.indexAt(pos)
+        if not index.isValid() or table.columns[index.column()] != COLUMN:
+            return None
+        cluster_id = index.sibling(index.row(), table.columns.index("id")).data()
+        return None if cluster_id is None else self.book.full_reason(int(cluster_id))
 
     # -- dock view --------------------------------------------------------------------------------
 
@@ -2730,17 +3039,31 @@ class _PluginLogic(_WhatIfLogic):
 
     def _create_actions(self, gui):
         from phy.gui.actions import Actions
+        import functools
         self.actions = actions = Actions(gui, name="Bombcell", menu="&Bombcell",
                                          insert_menu_before="&Help")
+        # Alt+B opens the menu (its mnemonic): the view gets a shortcut of its own, which
+        # tests/test_phy_plugin.py checks against every action and menu of phy's GUI.
         actions.add(self._action_show_criteria, name="show_criteria_of_selected_cluster",
-                    shortcut="alt+b", alias="bcs")
+                    shortcut=SHOW_CRITERIA_SHORTCUT, alias="bcs")
         actions.add(self._action_select, name="select_cluster_and_show_criteria", alias="bc",
                     prompt=True, n_args=1)
         actions.separator()
         actions.add(self._action_export, name="export_reasons_TSV_now", alias="bce")
         actions.add(self._action_reload, name="reload_bombcell_results", alias="bcr")
-        actions.add(self._action_toggle_metrics, name="show_raw_bombcell_metric_columns",
-                    alias="bcm", checkable=True, checked=self.show_raw_metrics)
+        submenu = "Raw bombcell metric columns"
+        actions.add(self._action_show_all_metrics, name="show_all_raw_metric_columns",
+                    alias="bcm", submenu=submenu)
+        actions.add(self._action_hide_all_metrics, name="hide_all_raw_metric_columns",
+                    alias="bch", submenu=submenu)
+        for metric in self._raw_metric_columns:
+            name = f"raw_metric_column_{metric}"
+            actions.add(functools.partial(self._action_toggle_metric, metric), name=name,
+                        alias=f"bcm_{metric}", submenu=submenu, checkable=True,
+                        checked=metric in self.shown_raw_metrics, show_shortcut=False,
+                        docstring=f"Show or hide the {metric} column (from bombcell's "
+                                  f"cluster_{metric}.tsv)")
+            actions.get(name).setText(metric)
         self._create_whatif_actions(actions)
 
     @_guarded("Show criteria of selected cluster")
@@ -2763,10 +3086,20 @@ class _PluginLogic(_WhatIfLogic):
         """Read bombcell's results again (after bombcell ran again) without restarting phy."""
         self.reload()
 
-    @_guarded("Show/hide raw bombcell metric columns")
-    def _action_toggle_metrics(self, checked):
-        """Show or hide the cluster_<metric>.tsv columns that bombcell writes for phy."""
-        self.set_show_raw_metrics(checked)
+    @_guarded("Show all raw metric columns")
+    def _action_show_all_metrics(self):
+        """Show every cluster_<metric>.tsv column that bombcell writes for phy."""
+        self.set_raw_metrics_shown(self._raw_metric_columns)
+
+    @_guarded("Hide all raw metric columns")
+    def _action_hide_all_metrics(self):
+        """Hide every raw bombcell metric column."""
+        self.set_raw_metrics_shown([])
+
+    @_guarded("Show/hide a raw metric column")
+    def _action_toggle_metric(self, metric, checked):
+        shown = [c for c in self.shown_raw_metrics if c != metric] + ([metric] if checked else [])
+        self.set_raw_metrics_shown(shown)
 
     def show_criteria(self):
         selected = self.controller.supervisor.selected
@@ -2795,7 +3128,7 @@ class _PluginLogic(_WhatIfLogic):
         if changes:  # reload the real results, then show the same what-if on them
             self.book, self._real_book = self._real_book, None
         old = self.book
-        book = ReasonBook.load(self.dataset_dir)
+        book = self._load_book()
         book.adopt_origins(old)
         book.check_clusters(self._cluster_ids())
         self.book = book
@@ -2805,35 +3138,128 @@ class _PluginLogic(_WhatIfLogic):
         if book.ok:
             self._startup_message = None
             self._write_tsv_if_stale()
-            self.say(f"reloaded: {self._startup_message or self.summary()}")
+            self.say(f"reloaded: {changes_text(old, book, self._cluster_ids())}; {self.summary()}")
         else:
             self.say(f"reload: bombcell reasons unavailable: {book.error}", logging.WARNING)
         if changes and book.ok:
             self.set_whatif(changes)
         self._redraw_whatif_views()
 
-    def set_show_raw_metrics(self, show):
-        """Show or hide the raw bombcell metric columns.  Hidden columns are left out of the
-        views, not just narrowed: phy 2.1's table sizes every cell of every column to its
-        contents in Python, so ~20 fewer columns halve the time phy takes to open 3,000
-        clusters.  (Sorting or filtering by a metric needs it shown.)"""
-        show = bool(show)
+    def set_raw_metrics_shown(self, shown):
+        """Show exactly the raw bombcell metric columns in ``shown`` (remembered in phy's GUI
+        state).  Hidden columns are left out of the views, not just narrowed: phy 2.1's table
+        sizes every cell of every column to its contents in Python, so ~20 fewer columns halve
+        the time phy takes to open 3,000 clusters.  (Sorting or filtering by a metric needs it
+        shown.)"""
+        raw = self._raw_metric_columns
+        shown = [c for c in raw if c in set(shown)]
         supervisor = self.controller.supervisor
-        raw = getattr(self, "_raw_metric_columns", [])
-        columns = [c for c in supervisor.columns if c not in raw]
-        if show:
-            columns += raw
+        columns = [c for c in supervisor.columns if c not in raw] + shown
         changed = columns != list(supervisor.columns)
         supervisor.columns[:] = columns
-        self.show_raw_metrics = show
+        self.shown_raw_metrics = shown
         if self.gui is not None:
             state = self.gui.state.get(PLUGIN_NAME, None) or {}
-            state["show_raw_metrics"] = show
+            state["raw_metric_columns"] = list(shown)
             self.gui.state[PLUGIN_NAME] = state
+        for metric in raw:
+            action = self.actions.get(f"raw_metric_column_{metric}") if self.actions else None
+            if action is not None and action.isChecked() != (metric in shown):
+                action.blockSignals(True)
+                action.setChecked(metric in shown)
+                action.blockSignals(False)
         if changed:
             self._rebuild_tables()
-        self.say(f"bombcell reasons: {len(raw)} raw bombcell metric columns "
-                 f"{'shown' if show else 'hidden'}")
+        self.say(f"bombcell reasons: {len(shown)} of {len(raw)} raw bombcell metric columns shown")
+
+    def set_show_raw_metrics(self, show):
+        """Show or hide all the raw bombcell metric columns."""
+        self.set_raw_metrics_shown(self._raw_metric_columns if show else [])
+
+
+# Widths (px) of the cluster view and of the reason view on the first open: the cluster view
+# shows id, the reason, fr and n_spikes; the reason view's HTML fits ~230 px and more.  Qt
+# stops short of these (the views between reach their minimum widths): ~520 and ~260 px.
+FIRST_OPEN_WIDTHS = (580, 270)
+FIRST_OPEN_SIZING_SECONDS = 5
+# Not Alt+B (the Bombcell menu's mnemonic) nor any of phy's own shortcuts.
+SHOW_CRITERIA_SHORTCUT = "ctrl+alt+b"
+
+
+def changes_text(old, new, cluster_ids, limit=6):
+    """What a reload changed: ``3 units changed label: 12 MUA->GOOD, ...; 5 reasons changed``."""
+    changed = [(c, old.label_of(c), new.label_of(c)) for c in (int(c) for c in cluster_ids)
+               if old.label_of(c) != new.label_of(c)]
+    reasons = sum(old.reason(c) != new.reason(c) for c in (int(c) for c in cluster_ids))
+    if not changed:
+        text = "no unit changed label"
+    else:
+        listed = ", ".join(f"{c} {a}->{b}" for c, a, b in changed[:limit])
+        more = f", ... (+{len(changed) - limit})" if len(changed) > limit else ""
+        text = f"{len(changed)} unit{'s' if len(changed) != 1 else ''} changed label: {listed}{more}"
+    other = reasons - len(changed)
+    return text + (f"; {other} other reason{'s' if other != 1 else ''} changed" if other > 0 else "")
+
+
+# -- phy 2.0 and 2.1 tables --------------------------------------------------------------------
+# phy 2.1's cluster and similarity views are Qt tables: every call answers at once.  phy 2.0's
+# (2.0b5, still in most labs) are HTML pages in QtWebEngine: ``get_current_sort`` and
+# ``get_selected`` answer only through a callback, and ``_reset_table`` loads a new page, which
+# takes commands only after it emits ``ready``.  These helpers are the only places that tell the
+# two apart, by what the running phy's table offers (never by version strings).
+
+def _html_table(view):
+    """True for phy 2.0's HTML table (a QWebEngineView, asynchronous), False for phy 2.1's Qt
+    table (a QWidget; it also has ``eval_js``, a synchronous stand-in for old callers)."""
+    return callable(getattr(view, "page", None))
+
+
+def _table_sort(view, callback):
+    """Call ``callback((name, direction) or None)`` with the view's current sort."""
+    def answer(sort):
+        callback(tuple(sort) if sort and sort[0] else None)
+    if _html_table(view):  # a callback from Qt's event loop: errors are reported, not raised
+        view.get_current_sort(_guarded("rebuilding the tables")(answer))
+    else:
+        answer(view.get_current_sort())
+
+
+def _after_event(sender, event, func):
+    """Call ``func()`` once, the next time ``sender`` emits ``event`` (after phy's handlers);
+    an exception is reported, not raised into phy."""
+    from phylib.utils import connect, unconnect
+
+    def once(*args, **kwargs):
+        unconnect(once)
+        _guarded(f"after {event}")(func)()
+    connect(once, event=event, sender=sender, last=True)
+
+
+def _rebuild_table(view, data, columns, sort, then):
+    """``view._reset_table`` (what phy's ``Supervisor.label`` does to add a column), then
+    ``then()`` once the new table takes commands."""
+    if _html_table(view):
+        _after_event(view, "ready", then)
+    view._reset_table(data=data, columns=columns, sort=sort)
+    if not _html_table(view):
+        then()
+
+
+def _reselect(supervisor, clusters, similar):
+    """Select ``clusters`` in the cluster view and ``similar`` in the similarity view again
+    after both were rebuilt.  phy 2.1's rebuilt cluster view keeps its selection; phy 2.0's new
+    page has none, and selecting there resets the similarity view, so ``similar`` comes after."""
+    cv, sv = supervisor.cluster_view, supervisor.similarity_view
+    if not clusters:
+        return
+    if _html_table(cv):
+        if similar:
+            _after_event(cv, "select", lambda: sv.select(similar))
+        cv.select(clusters)
+    else:
+        sv.reset(clusters)
+        if similar:
+            sv.select(similar)
 
 
 # -- the metric view, the summary and the re-run, as phy shows them ----------------------------
@@ -3143,7 +3569,7 @@ def _define_whatif_classes(module):
 
 def _define_phy_classes():
     """Create (once) the classes that need phy and Qt, register the plugin with phy, and return
-    ``(BombcellReasonPlugin, BombcellReasonView)``."""
+    ``(BombcellReasonPlugin, BombcellReasonView, ReasonTooltip, FirstOpenSizer)``."""
     module = sys.modules[__name__]
     existing = module.__dict__.get("_PHY_CLASSES")
     if existing is not None:
@@ -3151,14 +3577,52 @@ def _define_phy_classes():
 
     from phy import IPlugin
     from phylib.utils import connect, unconnect
-    from PyQt5.QtWidgets import QTextBrowser
+    from PyQt5.QtCore import QEvent, QObject, QSize, QTimer
+    from PyQt5.QtWidgets import QTextBrowser, QToolTip
 
     class BombcellReasonPlugin(_PluginLogic, IPlugin):
         """phy plugin: why bombcell labelled each cluster GOOD/MUA/NOISE/NON-SOMA.
 
         Adds the ``bc_classificationReason`` column to the cluster and similarity views, the
-        ``BombcellReasonView`` dock view, and a Bombcell menu (alt+b, snippet ``:bc ID``).
+        ``BombcellReasonView`` dock view, and a Bombcell menu (ctrl+alt+b, snippet ``:bc ID``).
         """
+
+    class FirstOpenSizer(QObject):
+        """Calls ``size_docks`` after each resize of the GUI window, until stopped."""
+
+        def __init__(self, gui, size_docks):
+            super().__init__(gui)
+            self.gui, self.size_docks = gui, size_docks
+            gui.installEventFilter(self)
+
+        def eventFilter(self, obj, event):
+            if obj is self.gui and event.type() == QEvent.Resize:
+                QTimer.singleShot(0, self.size_docks)
+            return False
+
+        def stop(self):
+            self.gui.removeEventFilter(self)
+
+    class ReasonTooltip(QObject):
+        """Shows the full reason as the tooltip of a reason cell of a phy table."""
+
+        def __init__(self, plugin, table):
+            super().__init__(table)
+            self.plugin, self.table = plugin, table
+            table.table_view.viewport().installEventFilter(self)
+
+        def eventFilter(self, obj, event):
+            if event.type() != QEvent.ToolTip:
+                return False
+            try:
+                text = self.plugin.tooltip(self.table, event.pos())
+            except Exception as e:
+                _report_exception("showing the reason tooltip", e)
+                return False
+            if text:
+                QToolTip.showText(event.globalPos(), text, obj)
+                return True
+            return False
 
     class BombcellReasonView(QTextBrowser):
         """Dock view: label, bombcell's own label, reason and every criterion of the selection."""
@@ -3170,6 +3634,15 @@ def _define_phy_classes():
             self.setReadOnly(True)
             self.setStyleSheet("QTextBrowser { background-color: black; color: #ddd; border: 0; }")
             self._supervisor = None
+
+        def sizeHint(self):
+            # About what the view gets in phy's default layout at 1920x1080 (see
+            # FIRST_OPEN_WIDTHS); the HTML fits it, so the dock neither grows on a selection
+            # nor pushes the window past the screen.
+            return QSize(FIRST_OPEN_WIDTHS[1], 400)
+
+        def minimumSizeHint(self):
+            return QSize(120, 80)
 
         def attach(self, gui):
             gui.add_view(self, position="right")
@@ -3188,8 +3661,9 @@ def _define_phy_classes():
         def show_selection(self, cluster_ids):
             self.setHtml(self.plugin.selection_html(cluster_ids))
             dock = getattr(self, "dock", None)
-            if dock is not None and cluster_ids:
-                dock.set_status(_one_line(self.plugin.book.reason(int(cluster_ids[0]))))
+            if dock is not None:  # a few characters: a long status would widen the dock
+                dock.set_status(f"{cluster_ids[0]}: {self.plugin.book.label_of(int(cluster_ids[0]))}"
+                                if len(cluster_ids) == 1 else f"{len(cluster_ids)} clusters")
 
         def on_close_view(self, view, gui):
             self.detach()
@@ -3199,13 +3673,14 @@ def _define_phy_classes():
             if self.plugin.view is self:
                 self.plugin.view = None
 
-    for cls in (BombcellReasonPlugin, BombcellReasonView):
+    for cls in (BombcellReasonPlugin, BombcellReasonView, ReasonTooltip, FirstOpenSizer):
         cls.__module__ = module.__name__
         cls.__qualname__ = cls.__name__
     module.BombcellReasonPlugin = BombcellReasonPlugin
     module.BombcellReasonView = BombcellReasonView
     _define_whatif_classes(module)
-    module._PHY_CLASSES = (BombcellReasonPlugin, BombcellReasonView)
+    module.ReasonTooltip = ReasonTooltip
+    module._PHY_CLASSES = (BombcellReasonPlugin, BombcellReasonView, ReasonTooltip, FirstOpenSizer)
     return module._PHY_CLASSES
 
 

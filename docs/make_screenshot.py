@@ -3,12 +3,13 @@
 How the picture was made (needs a display; Xvfb is enough, *not* the offscreen platform):
 
     bash scripts/install-system-deps.sh --screenshot        # xvfb + xauth
-    python -c "import phy_bc_reason_demo as d; p = d.make_dataset('/tmp/shot/demo'); d.run_bombcell(p)"
-    xvfb-run -s "-screen 0 1600x1000x24" python docs/make_screenshot.py /tmp/shot/demo
+    python -m phy_bc_reason_demo --no-gui --units 40 /tmp/shot/demo
+    xvfb-run -a -s "-screen 0 1920x1080x24" python docs/make_screenshot.py /tmp/shot/demo
 
-It opens phy 2.1's TemplateGUI on the demo dataset (with a temporary phy config_dir, so that
-~/.phy is untouched), keeps a few views (cluster view, similarity view, waveform view, the
-Bombcell reason view), selects a MUA cluster that fails several criteria, and grabs the window.
+It opens phy 2.1's TemplateGUI on the demo dataset as a new user sees it: phy's default views
+and layout, the window at the screen's size (1920x1080), nothing resized or closed (a temporary
+phy config_dir, so ~/.phy is untouched).  It selects a MUA cluster that fails more than one
+criterion and grabs the screen, so the README shows what users get.
 """
 import argparse
 import sys
@@ -23,12 +24,12 @@ def main(argv=None):
     ap.add_argument("dataset", help="demo dataset folder (with params.py and bombcell results)")
     ap.add_argument("-o", "--output", default=str(HERE / "screenshot.png"))
     ap.add_argument("--cluster", type=int, default=None, help="cluster to select")
-    ap.add_argument("--size", default="1600x1000")
+    ap.add_argument("--size", default="1920x1080")
     args = ap.parse_args(argv)
 
     import phy  # noqa: F401  (first, so that the plugin module registers its phy classes)
     from phy.apps.template import TemplateController
-    from phy.gui.qt import QApplication, QTimer, Qt, Debouncer
+    from phy.gui.qt import QApplication, QTimer, Debouncer
     from phylib.io.model import get_template_params
     import phy_bc_reason_plugin as bcp
 
@@ -41,8 +42,8 @@ def main(argv=None):
         def n_fail(c):
             return sum(k["status"] == "fail" for k in result.explain(c)["criteria"])
         candidates = [c for c in result.cluster_ids.tolist()
-                      if str(result.label[c]).startswith(("MUA", "NON-SOMA"))]
-        cluster_id = max(candidates, key=lambda c: (n_fail(c), str(result.label[c]) == "MUA"))
+                      if str(result.label[result.row(c)]) == "MUA"]
+        cluster_id = max(candidates, key=lambda c: (n_fail(c), -c))
     print(f"selecting cluster {cluster_id}: {result.explain(cluster_id)['reason']}")
 
     app = QApplication.instance() or QApplication(sys.argv)
@@ -51,14 +52,7 @@ def main(argv=None):
     controller = TemplateController(
         config_dir=config_dir, plugins=["BombcellReasonPlugin"], clear_cache=True,
         clear_state=True, enable_threading=False, **get_template_params(dataset / "params.py"))
-    gui = controller.create_gui(
-        default_views=("WaveformView",), view_count={"WaveformView": 1}, do_prompt_save=False)
-
-    # Keep the picture legible: cluster view, similarity view, waveform view, reason view.
-    keep = {"ClusterView", "SimilarityView", "WaveformView", bcp.VIEW_NAME}
-    for view in list(gui.views):
-        if type(view).__name__ not in keep:
-            view.dock.close()
+    gui = controller.create_gui(do_prompt_save=False)  # phy's default views and layout
 
     w, h = (int(x) for x in args.size.split("x"))
     gui.show()
@@ -71,15 +65,8 @@ def main(argv=None):
             app.processEvents()
 
     wait(1000)
-    gui.setGeometry(0, 0, w, h)  # after show: phy restores its saved geometry when shown
-    wait(500)
-    # Give the reason view room for its whole criteria table.
-    docks = {type(v).__name__: v.dock for v in gui.views}
-    order = ["ClusterView", "WaveformView", bcp.VIEW_NAME]
-    widths = [int(w * f) for f in (0.34, 0.24, 0.42)]
-    gui.resizeDocks([docks[n] for n in order if n in docks],
-                    [x for n, x in zip(order, widths) if n in docks], Qt.Horizontal)
-    wait(1000)
+    gui.setGeometry(0, 0, w, h)  # maximised; after show: phy restores its saved geometry then
+    wait(1500)
     controller.supervisor.select([cluster_id])
     controller.supervisor.block()
     wait(2500)

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Install the Debian/Ubuntu system libraries that phy (PyQt5 5.15 wheels) needs, if missing.
 #
-#   scripts/install-system-deps.sh               GUI libraries (used by `make test` / `make demo`)
+#   scripts/install-system-deps.sh               GUI libraries (used by `make demo`)
 #   scripts/install-system-deps.sh --screenshot  the same plus Xvfb, for screenshots of the real
 #                                                GUI without a display (`make screenshot-deps`)
+#   scripts/install-system-deps.sh --phy20       the same plus QtWebEngine's libraries, for the
+#                                                tests in phy 2.0b5 under Xvfb (`make test`)
 #   scripts/install-system-deps.sh --check       only report what is missing; exit 1 if anything is
 #
 # Nothing is installed when everything is present (a dpkg query, well under a second).  When
@@ -18,12 +20,16 @@
 # QOpenGLWidget, offscreen and in a real X window under Xvfb (llvmpipe software rendering).
 # - QT_QPA_PLATFORM=offscreen (the test suite) needs only libgl1, libglib2.0-0 and libfontconfig1;
 # - a real window (xcb platform plugin, phy's OpenGL views) needs the rest.
+# phy 2.0b5's tables are QtWebEngine pages: the PyQtWebEngine 5.15 wheels also need NSS, ALSA and a
+# few X extensions (`ldd` on libQt5WebEngineCore.so.5 and QtWebEngineProcess, on Debian 12).
+# "a|b" names alternatives (Debian 13 renamed some libraries with a t64 suffix).
 set -euo pipefail
 
 MODE=gui
 for arg in "$@"; do
     case "$arg" in
         --screenshot) MODE=screenshot ;;
+        --phy20) MODE=phy20 ;;
         --check) CHECK_ONLY=1 ;;
         -h|--help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "install-system-deps: unknown option $arg" >&2; exit 2 ;;
@@ -64,19 +70,35 @@ SCREENSHOT_PACKAGES="
 xvfb                 -
 xauth                -
 "
+WEBENGINE_PACKAGES="
+libnss3              libnss3.so
+libnspr4             libnspr4.so
+libasound2t64|libasound2  libasound.so.2
+libxcomposite1       libXcomposite.so.1
+libxdamage1          libXdamage.so.1
+libxrandr2           libXrandr.so.2
+libxtst6             libXtst.so.6
+libxrender1          libXrender.so.1
+libxfixes3           libXfixes.so.3
+"
 
 wanted=$GUI_PACKAGES
 [ "$MODE" = screenshot ] && wanted="$GUI_PACKAGES$SCREENSHOT_PACKAGES"
+[ "$MODE" = phy20 ] && wanted="$GUI_PACKAGES$SCREENSHOT_PACKAGES$WEBENGINE_PACKAGES"
 
 say() { echo "install-system-deps: $*"; }
 
 missing=()
 if command -v dpkg-query >/dev/null 2>&1; then
-    while read -r pkg _; do
-        [ -n "$pkg" ] || continue
-        if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed'; then
-            missing+=("$pkg")
-        fi
+    while read -r pkgs _; do
+        [ -n "$pkgs" ] || continue
+        found=0
+        for pkg in ${pkgs//|/ }; do
+            if dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed'; then
+                found=1
+            fi
+        done
+        [ "$found" = 1 ] || missing+=("$pkgs")
     done <<<"$wanted"
 else
     # Not Debian: we cannot name packages for this system; report the missing libraries instead.
@@ -132,8 +154,18 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 APT=(${SUDO[@]+"${SUDO[@]}"} env DEBIAN_FRONTEND=noninteractive apt-get -q -y -o DPkg::Lock::Timeout=300)
 say "installing with apt-get: ${missing[*]}"
-if "${APT[@]}" update >/dev/null \
-        && "${APT[@]}" install --no-install-recommends "${missing[@]}" </dev/null; then
+"${APT[@]}" update >/dev/null || say "apt-get update failed"
+# Of alternatives "a|b", the first one this system's package lists know.
+chosen=()
+for pkgs in "${missing[@]}"; do
+    pick=${pkgs%%|*}
+    for pkg in ${pkgs//|/ }; do
+        if apt-cache show "$pkg" >/dev/null 2>&1; then pick=$pkg; break; fi
+    done
+    chosen+=("$pick")
+done
+missing=("${chosen[@]}")
+if "${APT[@]}" install --no-install-recommends "${missing[@]}" </dev/null; then
     say "installed: ${missing[*]}"
 else
     say "apt-get failed (see above); continuing without: ${missing[*]}"

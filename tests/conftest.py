@@ -18,6 +18,14 @@ if str(ROOT) not in sys.path:
 
 import phy_bc_reason_demo  # noqa: E402
 
+# phy 2.0's tables are QtWebEngine pages, and QtWebEngine must be imported before the
+# QApplication exists (pytest-qt creates it before the first GUI test imports phy).  phy 2.1
+# environments have no QtWebEngine: nothing to do there.
+try:
+    import PyQt5.QtWebEngineWidgets  # noqa: E402,F401
+except ImportError:
+    pass
+
 
 # -- demo datasets with real bombcell results ----------------------------------------------------
 # Built once per session (a few seconds each, ~260 MB of raw data each).  The folder name holds a

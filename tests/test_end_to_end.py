@@ -45,15 +45,17 @@ def test_reasons_on_a_real_run(demo_dataset):
     for label, reason in zip(result.label, result.reason):
         assert reason.startswith(f"{label}: " if label else pr.NO_LABEL)
     non_soma = result.label == "NON-SOMA"
-    routes = {route for reason in result.reason[non_soma] for route in pr.ROUTE_TAGS.values()
-              if route in reason}
-    assert routes == set(pr.ROUTE_TAGS.values())  # the demo hits both non-somatic routes
+    routes = {pr.RULES[i].route for i in np.flatnonzero(result.decisive[:, non_soma].any(axis=1))}
+    assert routes == {"A", "B"}  # the demo hits both non-somatic routes
+    shape = {r.short for r in pr.RULES if r.route == "A"}
+    assert any(r.split(": ", 1)[1].rsplit(" ", 4)[0] in shape and r.endswith(" +3")
+               for r in result.reason[non_soma])
     decided = {pr.RULES[i].name for i in np.flatnonzero(result.decisive[:, result.label == "MUA"]
                                                        .any(axis=1))}
     assert len(decided) >= 3  # several different MUA criteria
     few_spikes = (result.label == "NOISE") & np.isnan(result.values[0])
     assert few_spikes.any()
-    assert all(r == "NOISE: nPeaks is NaN" for r in result.reason[few_spikes])
+    assert all(r == "NOISE: # peaks is NaN" for r in result.reason[few_spikes])
 
 
 def test_export_and_phy_reads_the_column(demo_dataset, tmp_path, capsys):

@@ -73,17 +73,70 @@ def test_reason_text_format(tmp_path):
     metrics["nTroughs"] = np.array([1, 1, 1, 3.0])
     result = pr.Classification(pr.complete_params(DEFAULTS)[0], metrics, [10, 11, 12, 13])
     assert result.reason.tolist() == [
-        "MUA: fractionRPVs_estimatedTauR>maxRPVviolations (0.23 > 0.1)",
+        "MUA: fraction RPVs 0.23 > 0.1",
         "GOOD: passed all thresholds",
-        "NON-SOMA: (main peak) mainPeakToTroughRatio>maxMainPeakToTroughRatio_nonSomatic (1.2 > 0.8)",
-        "NOISE: nTroughs>maxNTroughs (3 > 1)",
+        "NON-SOMA: main peak/trough 1.2 > 0.8",
+        "NOISE: # troughs 3 > 1",
     ]
+    # The full names stay in the tooltip text, the view, the CLI table and the JSON.
+    assert result.full_reason(10) == "MUA: fractionRPVs_estimatedTauR>maxRPVviolations (0.23 > 0.1)"
+    assert result.n_failing.tolist() == [1, 0, 1, 1]
+
+
+def test_n_failing_counts_what_can_change_the_label():
+    partial = _one_unit(mainTrough_width=1, mainPeak_before_width=1, presenceRatio=0.1)
+    whole = _one_unit(mainTrough_width=1, mainPeak_before_width=1, troughToPeak2Ratio=1,
+                      peak1ToPeak2Ratio=9)
+    params = pr.complete_params(DEFAULTS)[0]
+    assert pr.Classification(params, partial, [1]).n_failing.tolist() == [1]  # 2 of 4 shape: 0
+    assert pr.Classification(params, whole, [1]).n_failing.tolist() == [4]
+
+
+def test_every_rule_has_a_short_name():
+    assert all(r.short for r in pr.RULES)
+    assert {"fraction RPVs", "presence ratio", "# peaks", "SNR"} <= {r.short for r in pr.RULES}
 
 
 def test_value_printed_apart_from_threshold_it_fails():
     rule = next(r for r in pr.RULES if r.param == "maxRPVviolations")
     assert pr.criterion_text(rule, 0.10004, 0.1) == \
         "fractionRPVs_estimatedTauR>maxRPVviolations (0.10004 > 0.1)"
+    assert pr.short_criterion_text(rule, 0.10004, 0.1) == "fraction RPVs 0.10004 > 0.1"
+
+
+@pytest.mark.parametrize("value, threshold, expected", [
+    (20.04, 20, ("20.04", "20")),             # never "20 > 20"
+    (0.5, 0.7379924430231422, ("0.5", "0.738")),  # no more digits than the comparison needs
+    (0.7379, 0.7379924430231422, ("0.7379", "0.738")),
+    (0.738, 0.7379924430231422, ("0.738", "0.73799")),
+    (20, 20, ("20", "20")),                   # equal values print equal (and pass)
+    (1e-7, 0.01, ("1e-07", "0.01")),
+    (1234.5, 1234.4, ("1234.5", "1234.4")),
+    (np.inf, 5, ("inf", "5")),
+    (np.nan, 5, ("NaN", "5")),
+    ("inf", None, ("inf", "NaN")),
+])
+def test_comparison_numbers(value, threshold, expected):
+    assert pr.comparison_numbers(value, threshold) == expected
+
+
+def test_comparison_numbers_keep_every_order():
+    rng = np.random.default_rng(0)
+    for _ in range(2000):
+        t = float(rng.choice([0.1, 20, 0.7379924430231422, 1150, 3e-4])) * float(rng.choice([1, -1]))
+        v = t * (1 + float(rng.normal(0, 1)) * 10.0 ** float(rng.integers(-12, 1)))
+        vt, tt = pr.comparison_numbers(v, t)
+        assert np.sign(float(vt) - float(tt)) == np.sign(v - t), (v, t, vt, tt)
+
+
+def test_cli_table_numbers_show_the_comparison(capsys):
+    params = pr.complete_params({**DEFAULTS, "minPresenceRatio": 0.7379924430231422})[0]
+    metrics = _one_unit(presenceRatio=0.73799, fractionRPVs_estimatedTauR=0.1000004)
+    result = pr.Classification(params, metrics, [5])
+    text = result.explain_text(5)
+    assert "0.73799 " in text and "0.738 " not in text.split("presenceRatio<")[1].split("\n")[0]
+    assert "1000004" in text  # 0.1000004 > 0.1, not "0.1 > 0.1"
+    assert result.reason[0] == "MUA: fraction RPVs 0.1000004 > 0.1 +1"
 
 
 def test_explain_json(dataset, capsys):
@@ -163,8 +216,10 @@ def test_non_soma_mua_names_both_parts():
     result = pr.Classification(params, metrics, [3])
     assert result.label[0] == "NON-SOMA MUA"
     reason = result.reason[0]
-    assert reason.startswith("NON-SOMA MUA: presenceRatio<minPresenceRatio (0.1 < 0.7); ")
-    assert "(main peak) mainPeakToTroughRatio" in reason and "(shape, all 4 fail) " in reason
+    assert reason == "NON-SOMA MUA: presence ratio 0.1 < 0.7 +5"  # the MUA part first
+    full = result.full_reason(3)
+    assert full.startswith("NON-SOMA MUA: presenceRatio<minPresenceRatio (0.1 < 0.7); ")
+    assert "mainPeakToTroughRatio>" in full and "troughToPeak2Ratio<" in full
     assert [c["metric"] for c in result.explain(3)["decisive"]] == [
         "presenceRatio", "troughToPeak2Ratio", "mainPeak_before_width", "mainTrough_width",
         "peak1ToPeak2Ratio", "mainPeakToTroughRatio"]
@@ -227,7 +282,7 @@ def test_all_nan_metrics_are_noise(tmp_path):
     write_results(tmp_path, metrics=metrics)
     result = pr.classify_dataset(tmp_path)
     assert result.label.tolist() == ["", "NOISE", "NOISE", "NOISE", "NOISE"]
-    assert result.reason[1] == "NOISE: nPeaks is NaN"
+    assert result.reason[1] == "NOISE: # peaks is NaN"
 
 
 # -- bad input -------------------------------------------------------------------------------------
@@ -376,7 +431,7 @@ import phy_bc_reason_plugin as pr
 # default action the kernel kills the writer in the middle of the file.
 if sys.argv[2] == "killed":
     signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
-resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))  # files may not grow past 4 kB
+resource.setrlimit(resource.RLIMIT_FSIZE, (1024, 1024))  # files may not grow past 1 kB
 if sys.argv[2] == "killed":
     reasons = {i: "MUA: presenceRatio<minPresenceRatio (0.5 < 0.7) " + "x" * 40 for i in range(2000)}
     pr.write_reason_tsv(sys.argv[1], reasons)

@@ -14,6 +14,7 @@ import pytest  # noqa: E402
 
 import phy_bc_reason_plugin as bcp  # noqa: E402
 import phy_bc_reason_plugin as pr  # noqa: E402
+import phy_tables  # noqa: E402  (what differs between phy 2.1's and phy 2.0's tables)
 
 pytestmark = pytest.mark.gui
 
@@ -89,7 +90,8 @@ class Phy:
         from phylib.utils import reset
         gui.close()
         gui.deleteLater()
-        controller.close()
+        if hasattr(controller, "close"):  # phy 2.1 (phy 2.0's controller has no close)
+            controller.close()
         self.qtbot.wait(50)
         self.opened.remove((controller, gui))
         # As phy's tests do: phy's own views leave callbacks behind (e.g. the amplitude view's
@@ -114,16 +116,24 @@ def dataset(demo_dataset, tmp_path):
 
 
 def row(table, cluster_id):
-    return table.get(cluster_id)
+    return phy_tables.row(table, cluster_id)
 
 
 def column_values(table, name=pr.COLUMN):
-    return {r["id"]: r.get(name) for r in table._model._rows}
+    return {r["id"]: r.get(name) for r in phy_tables.rows(table)}
 
 
 def select(controller, cluster_ids):
     controller.supervisor.select(list(cluster_ids))
-    controller.supervisor.block()
+    wait_selected(controller, cluster_ids)
+
+
+def wait_selected(controller, cluster_ids):
+    """Until phy has handled the selection (at once in phy 2.1; phy 2.0 selects through
+    JavaScript, so its select event comes later)."""
+    s = controller.supervisor
+    phy_tables.wait_until(lambda: s.selected == list(cluster_ids), what=f"selection {cluster_ids}")
+    s.block()
 
 
 def view_of(gui):
@@ -142,16 +152,34 @@ def test_column_once_first_and_equal_to_the_cli_text(phy, dataset):
 
     for table in (s.cluster_view, s.similarity_view):
         assert table.columns.count(pr.COLUMN) == 1
-        assert table.columns[:3] == ["id", pr.COLUMN, "bc_unitType"]
+        assert table.columns[:6] == list(bcp.FIRST_COLUMNS)
     assert pr.COLUMN not in s.cluster_meta.fields  # not a label: phy never copies or saves it
     assert pr.COLUMN not in controller.model.metadata
 
     result = pr.classify_dataset(dataset)
     shown = column_values(s.cluster_view)
+    n_failing = column_values(s.cluster_view, bcp.N_FAILING_COLUMN)
     assert set(shown) == set(s.clustering.cluster_ids)
     for cluster_id in result.cluster_ids.tolist():
         if cluster_id in shown:
             assert shown[cluster_id] == cli[cluster_id] == result.reason_by_cluster()[cluster_id]
+            assert n_failing[cluster_id] == result.n_failing[result.row(cluster_id)]
+            assert isinstance(n_failing[cluster_id], int)  # sorts and filters as a number
+    assert max(len(t) for t in shown.values()) <= 45  # short enough for the default layout
+    s.cluster_view.sort_by(bcp.N_FAILING_COLUMN, "desc")  # sorts as a number
+    by_failing = [n_failing[c] for c in s.cluster_view.get_ids()]
+    assert by_failing == sorted(by_failing, reverse=True) and by_failing[0] >= 2
+
+    # The tooltip names the criteria in full.
+    plugin = controller.bombcell_reason
+    mua = next(c for c in shown if shown[c].startswith("MUA: "))
+    assert plugin.book.full_reason(mua) == result.full_reason(mua)
+    view = s.cluster_view.table_view
+    s.cluster_view.filter(f"id == {mua}")
+    column = s.cluster_view.columns.index(pr.COLUMN)
+    rect = view.visualRect(view.model().index(0, column))
+    assert plugin.tooltip(s.cluster_view, rect.center()) == result.full_reason(mua)
+    s.cluster_view.filter("")
 
     # The similarity view shows the same text.
     first = s.clustering.cluster_ids[0]
@@ -212,29 +240,75 @@ def test_view_follows_the_selection(phy, dataset):
     info = result.explain(cluster_id)
     assert f"cluster {cluster_id}" in text
     assert info["reason"] in text
-    assert "bombcell's own label" in text
-    for criterion in info["criteria"]:
-        assert criterion["metric"] in text
-    # Failing criteria come first, and are highlighted.
-    html = controller.bombcell_reason.selection_html([cluster_id])
-
-    def where(k):  # rows show the metric, then its threshold parameter (unique per criterion)
-        return html.find(f">{escape(k['param'] or '', quote=False)}</span>") if k["param"] \
-            else html.find(f"{k['metric']} is NaN")
-
-    first_fail = min(where(k) for k in info["criteria"] if k["status"] == "fail")
-    passes = [where(k) for k in info["criteria"] if k["status"] == "pass"]
-    assert 0 < first_fail < min(p for p in passes if p >= 0)
-    assert "background-color:#5a1d1d" in html
+    assert "bombcell's saved label" in text
+    for criterion in info["criteria"]:  # every criterion by its short name
+        assert pr._SHORT_NAMES[pr._criterion_key(criterion)] in text
+    for criterion in info["criteria"]:  # failing ones with their full names, value, threshold
+        if criterion["status"] == "fail":
+            assert f"{criterion['metric']} {criterion['op']} {criterion['param']}" in text
+            value, threshold = pr.comparison_numbers(criterion["value"], criterion["threshold"])
+            assert f"{value} {criterion['op']} {threshold}" in text
     for note in info["notes"]:
         assert note.split(":")[0] in text
-    assert info["reason"][:20] in view.dock.status
+    assert view.dock.status == f"{cluster_id}: {result.label[result.row(cluster_id)]}"
 
-    # Two clusters (cluster view + similarity view selection): both shown.
+    # Two clusters (cluster view + similarity view selection): side by side, each reason.
     other = [c for c in s.clustering.cluster_ids if c != cluster_id][0]
     select(controller, [cluster_id, other])
     text = view.toPlainText()
-    assert f"cluster {cluster_id}" in text and f"cluster {other}" in text
+    assert info["reason"] in text and plugin_reason(controller, other) in text
+
+
+def plugin_reason(controller, cluster_id):
+    return controller.bombcell_reason.book.reason(cluster_id)
+
+
+def _row_order(html, info):
+    """Positions of the criteria's rows in the view's HTML, by criterion key."""
+    return {pr._criterion_key(c): html.find(f"{escape(pr._full_name(c), quote=False)} &middot;")
+            for c in info["criteria"]}
+
+
+@pytest.mark.parametrize("kind", ["NON-SOMA", "GOOD", "MUA"])
+def test_view_orders_deciding_first_and_only_they_are_red(kind, dataset):
+    result = pr.classify_dataset(dataset)
+    book = bcp.ReasonBook(result)
+    units = [u for u in range(len(result)) if result.label[u] == kind
+             and result.fails[:, u].sum() > result.decisive[:, u].sum()]
+    if not units:
+        pytest.skip(f"no {kind} unit with failing criteria that do not decide in the demo")
+    for unit in units:
+        cluster_id = int(result.cluster_ids[unit])
+        info = result.explain(cluster_id)
+        html = book.html([cluster_id])
+        pos = _row_order(html, info)
+        decisive = [pos[pr._criterion_key(c)] for c in info["decisive"]]
+        other_fails = [pos[pr._criterion_key(c)] for c in info["criteria"]
+                       if c["status"] == "fail" and c not in info["decisive"]]
+        assert all(p > 0 for p in decisive + other_fails)
+        assert max(decisive, default=0) < min(other_fails)
+        assert html.count(bcp._DECISIVE_STYLE) == 2 * len(info["decisive"])  # two lines each
+        if kind == "GOOD":
+            assert bcp._DECISIVE_STYLE not in html
+
+
+def test_view_fits_its_width_without_scrolling_sideways(qtbot, dataset):
+    """Every single cluster and runs of 2-4 clusters, from 230 px up: never a sideways scroll
+    bar (the layout at 1920x1080 gives the view ~260-330 px)."""
+    from PyQt5.QtWidgets import QTextBrowser
+    result = pr.classify_dataset(dataset)
+    book = bcp.ReasonBook(result)
+    ids = result.cluster_ids.tolist()
+    selections = [[c] for c in ids] + [ids[i:i + k] for k in (2, 3, 4) for i in range(0, len(ids) - k, 3)]
+    browser = QTextBrowser()
+    qtbot.addWidget(browser)
+    browser.show()
+    for width in (230, 260, 290, 330):
+        browser.resize(width, 800)
+        for selection in selections:
+            browser.setHtml(book.html(selection))
+            qtbot.wait(1)
+            assert browser.horizontalScrollBar().maximum() == 0, (width, selection)
 
 
 def test_view_text_is_fast(phy, dataset):
@@ -261,8 +335,7 @@ def test_show_criteria_action_and_bc_snippet(phy, dataset):
     view = view_of(gui)
     view.dock.close()  # the user closed it: the action brings it back
     gui.snippets.run(":bc 5")
-    s.block()
-    assert s.selected == [5]
+    wait_selected(controller, [5])
     view = view_of(gui)
     assert "cluster 5" in view.toPlainText()
     assert gui.status_message == f"cluster 5: {plugin.book.reason(5)}"
@@ -271,7 +344,8 @@ def test_show_criteria_action_and_bc_snippet(phy, dataset):
     plugin.actions.show_criteria_of_selected_cluster()
     assert "cluster 7" in view_of(gui).toPlainText()
     assert gui.status_message.startswith("cluster 7: ")
-    assert plugin.actions.get("show_criteria_of_selected_cluster").shortcut().toString() == "Alt+B"
+    assert plugin.actions.get("show_criteria_of_selected_cluster").shortcut().toString() == \
+        "Ctrl+Alt+B"
 
     gui.snippets.run(":bc 99999")
     s.block()
@@ -281,14 +355,40 @@ def test_show_criteria_action_and_bc_snippet(phy, dataset):
     names = [a.text() for a in menu.actions() if a.text()]
     assert names == ["Show criteria of selected cluster", "Select cluster and show criteria",
                      "Export reasons TSV now", "Reload bombcell results",
-                     "Show raw bombcell metric columns",
+                     "Raw bombcell metric columns",
                      # issue 10: what-if, summary, metric view, re-run (tests/test_whatif_phy.py)
                      "What-if: set a parameter", "What-if: back to the saved parameters",
                      "What-if: save the changed parameters", "Bombcell summary",
                      "Bombcell metric view", "Re-run bombcell", "Cancel the bombcell re-run"]
 
 
-def test_raw_metric_columns_toggle(phy, dataset):
+def _shortcut_owners(gui):
+    """Every key sequence of the GUI's actions and menu mnemonics, with what it triggers."""
+    import re
+    from PyQt5.QtWidgets import QAction
+    owners = {}
+    for action in gui.findChildren(QAction):
+        for key in action.shortcuts():
+            if key.toString() and not action.text().startswith("_snippet"):
+                owners.setdefault(key.toString(), []).append(action.text().replace("&", ""))
+    for action in gui.menuBar().actions():
+        mnemonic = re.search(r"&(\w)", action.text())
+        if mnemonic:
+            owners.setdefault("Alt+" + mnemonic.group(1).upper(), []).append("menu " + action.text())
+    return owners
+
+
+def test_no_shortcut_clashes(phy, dataset):
+    controller, gui = phy.open(dataset)
+    owners = _shortcut_owners(gui)
+    assert "menu &Bombcell" in owners["Alt+B"]
+    assert owners[bcp.SHOW_CRITERIA_SHORTCUT.title().replace("Ctrl", "Ctrl")] == \
+        ["Show criteria of selected cluster"]
+    clashes = {k: v for k, v in owners.items() if len(v) > 1}
+    assert not clashes
+
+
+def test_raw_metric_columns_one_by_one(phy, dataset):
     metrics = set(pr.classify_dataset(dataset).metric_columns)
     controller, gui = phy.open(dataset)
     s = controller.supervisor
@@ -304,34 +404,62 @@ def test_raw_metric_columns_toggle(phy, dataset):
     assert shown(s.cluster_view) == shown(s.similarity_view) == set()  # hidden by default
     a = s.clustering.cluster_ids[0]
     select(controller, [a])
-    similar = s.similarity_view.get_ids()[:1]
+    similar = phy_tables.ids(s.similarity_view)[:1]
     s.similarity_view.select(similar)
     s.block()
     s.cluster_view.sort_by("n_spikes", "asc")
+    phy_tables.wait_until(lambda: phy_tables.sort(s.cluster_view) == ["n_spikes", "asc"])
 
-    plugin.actions.show_raw_bombcell_metric_columns(True)
-    assert shown(s.cluster_view) == shown(s.similarity_view) == tsv_metrics
-    assert s.cluster_view.columns[:3] == ["id", pr.COLUMN, "bc_unitType"]
-    assert f"{len(tsv_metrics)} raw bombcell metric columns shown" in gui.status_message
-    assert s.cluster_view.get_current_sort() == ["n_spikes", "asc"]  # sort kept
+    def selection_shown():  # in both views, as the user sees it (phy 2.0 rebuilds them later)
+        return (phy_tables.selected(s.cluster_view), phy_tables.selected(s.similarity_view))
+
+    def rebuilt(expected):  # phy 2.0 rebuilds its HTML tables asynchronously
+        phy_tables.wait_until(lambda: shown(s.similarity_view) == expected
+                              and selection_shown() == ([a], similar), what="tables rebuilt")
+
+    # One metric from the submenu.
+    action = plugin.actions.get("raw_metric_column_nPeaks")
+    assert action.isCheckable() and action.text() == "nPeaks"
+    action.trigger()
+    rebuilt({"nPeaks"})
+    assert shown(s.cluster_view) == shown(s.similarity_view) == {"nPeaks"}
+    assert s.cluster_view.columns[:6] == list(bcp.FIRST_COLUMNS)
+    assert phy_tables.sort(s.cluster_view) == ["n_spikes", "asc"]  # sort kept
     assert s.selected == [a] + similar  # selection kept
-    assert row(s.cluster_view, a)["nPeaks"] == s.cluster_meta.get("nPeaks", a)
-    assert row(s.similarity_view, similar[0])["nPeaks"] == s.cluster_meta.get("nPeaks", similar[0])
+    # float(): phy 2.0's HTML table holds numbers as the text it shows ("1.00")
+    assert float(row(s.cluster_view, a)["nPeaks"]) == s.cluster_meta.get("nPeaks", a)
+    assert float(row(s.similarity_view, similar[0])["nPeaks"]) == \
+        s.cluster_meta.get("nPeaks", similar[0])
+    plugin.actions.get("raw_metric_column_presenceRatio").trigger()
+    rebuilt({"nPeaks", "presenceRatio"})
+    assert shown(s.cluster_view) == {"nPeaks", "presenceRatio"}
+    assert "2 of" in gui.status_message
+    plugin.actions.get("raw_metric_column_nPeaks").trigger()
+    rebuilt({"presenceRatio"})
+    assert shown(s.cluster_view) == {"presenceRatio"}
 
-    plugin.actions.show_raw_bombcell_metric_columns(False)
-    assert shown(s.cluster_view) == shown(s.similarity_view) == set()
-    assert "hidden" in gui.status_message
+    plugin.actions.show_all_raw_metric_columns()
+    rebuilt(tsv_metrics)
+    assert shown(s.cluster_view) == tsv_metrics
+    assert plugin.actions.get("raw_metric_column_nPeaks").isChecked()
+    plugin.actions.hide_all_raw_metric_columns()
+    rebuilt(set())
+    assert shown(s.cluster_view) == set()
+    assert not plugin.actions.get("raw_metric_column_nPeaks").isChecked()
     # phy rebuilding its table for a new label column keeps them hidden.
     s.actions.label("my_label", "x")
     s.block()
     assert "my_label" in s.cluster_view.columns and shown(s.cluster_view) == set()
 
-    # The choice is kept in phy's GUI state.
-    plugin.actions.show_raw_bombcell_metric_columns(True)
+    # The choice is kept in phy's GUI state, metric by metric.
+    plugin.actions.get("raw_metric_column_presenceRatio").trigger()
+    rebuilt({"presenceRatio"})
     phy.close(controller, gui)
     controller, gui = phy.open(dataset, clear_state=False)
-    assert shown(controller.supervisor.cluster_view) == tsv_metrics
-    assert controller.bombcell_reason.actions.get("show_raw_bombcell_metric_columns").isChecked()
+    assert shown(controller.supervisor.cluster_view) == {"presenceRatio"}
+    actions = controller.bombcell_reason.actions
+    assert actions.get("raw_metric_column_presenceRatio").isChecked()
+    assert not actions.get("raw_metric_column_nPeaks").isChecked()
 
 
 # -- merge, split, undo, redo --------------------------------------------------------------------
@@ -348,7 +476,9 @@ def test_merge_split_unclassified_and_undo_redo(phy, dataset):
     s.block()
     new = s.clustering.cluster_ids[-1]
     assert a not in s.clustering.cluster_ids and new not in (a, b)
-    merged = f"UNCLASSIFIED: merged from {a}, {b} after bombcell ran; re-run bombcell"
+    merged = (f"UNCLASSIFIED: merged from {a} ({book.label_of(a)}), {b} ({book.label_of(b)}); "
+              f"re-run bombcell")
+    assert book.label_of(a) == reason_a.split(":")[0]
     assert row(s.cluster_view, new)[pr.COLUMN] == merged
     assert merged in view_of(gui).toPlainText()
 
@@ -371,7 +501,8 @@ def test_merge_split_unclassified_and_undo_redo(phy, dataset):
     assert len(parts) == 2
     for part in parts:
         assert row(s.cluster_view, part)[pr.COLUMN] == \
-            f"UNCLASSIFIED: split from {c} after bombcell ran; re-run bombcell"
+            f"UNCLASSIFIED: split from {c} ({book.label_of(c)}); re-run bombcell"
+        assert row(s.cluster_view, part)[bcp.N_FAILING_COLUMN] is None
     s.actions.undo()
     s.block()
     assert row(s.cluster_view, c)[pr.COLUMN] == book.reason(c) != book.reason(parts[0])
@@ -413,19 +544,21 @@ def test_save_then_reopen(phy, dataset):
 def test_missing_or_broken_results_open_cleanly(phy, dataset, damage):
     if damage == "missing_folder":
         shutil.rmtree(dataset / "bombcell")
-        expected = "no bombcell results folder"
+        expected, column = "no bombcell results folder", bcp.NO_RESULTS_REASON
     else:
         (dataset / "bombcell" / pr.METRICS_FILE).write_bytes(b"PAR1 this is not parquet")
-        expected = pr.METRICS_FILE
+        expected, column = pr.METRICS_FILE, bcp.UNUSABLE_RESULTS_REASON
     controller, gui = phy.open(dataset)
     s = controller.supervisor
     shown = column_values(s.cluster_view)
     assert len(shown) == len(s.clustering.cluster_ids)
-    assert len(set(shown.values())) == 1
-    text = next(iter(shown.values()))
-    assert text.startswith("UNCLASSIFIED: ") and expected in text
+    assert set(shown.values()) == {column}  # short: the details are said once, below
+    assert len(column) < 60
+    assert set(column_values(s.cluster_view, bcp.N_FAILING_COLUMN).values()) == {None}
+    text = column
     assert expected in gui.status_message
-    assert expected in (dataset / "phy.log").read_text()
+    log = (dataset / "phy.log").read_text()
+    assert expected in log and log.count(expected) == 1  # one message, not one per row
     assert not gui.list_views(bcp.VIEW_NAME)  # not forced on the user without results
     assert not (dataset / pr.TSV_NAME).exists()  # nothing written from an error
 
@@ -439,9 +572,10 @@ def test_missing_or_broken_results_open_cleanly(phy, dataset, damage):
     s.block()
     s.save()
     assert (dataset / "spike_clusters.npy").exists()
-    # The view can still be opened and says what is wrong.
+    # The view can still be opened; it says what is wrong and how to run bombcell.
     controller.bombcell_reason.actions.show_criteria_of_selected_cluster()
     assert expected in view_of(gui).toPlainText()
+    assert "bc.run_bombcell(" in view_of(gui).toPlainText()
 
 
 def test_reload_after_bombcell_ran(phy, dataset, tmp_path):
@@ -449,7 +583,7 @@ def test_reload_after_bombcell_ran(phy, dataset, tmp_path):
     controller, gui = phy.open(dataset)
     s = controller.supervisor
     plugin = controller.bombcell_reason
-    assert all(v.startswith("UNCLASSIFIED") for v in column_values(s.cluster_view).values())
+    assert set(column_values(s.cluster_view).values()) == {bcp.NO_RESULTS_REASON}
     a, b = s.clustering.cluster_ids[:2]
     select(controller, [a, b])
     s.actions.merge()
@@ -463,8 +597,11 @@ def test_reload_after_bombcell_ran(phy, dataset, tmp_path):
     for cluster_id, reason in result.reason_by_cluster().items():
         if cluster_id in shown:
             assert shown[cluster_id] == reason
-    assert shown[new].startswith(f"UNCLASSIFIED: merged from {a}, {b}")
-    assert gui.status_message.startswith("reloaded: ")
+    assert shown[new].startswith(f"UNCLASSIFIED: merged from {a} (UNCLASSIFIED), {b}")
+    n = len([c for c in shown if c in result.reason_by_cluster()])
+    assert gui.status_message.startswith(f"reloaded: {n} units changed label: ")
+    n_failing = column_values(s.cluster_view, bcp.N_FAILING_COLUMN)
+    assert all(n_failing[c] == result.n_failing[result.row(c)] for c in shown if result.row(c) is not None)
     assert read_reason_tsv(dataset / pr.TSV_NAME) == shown
     select(controller, [s.clustering.cluster_ids[0]])
     plugin.actions.show_criteria_of_selected_cluster()
@@ -555,9 +692,70 @@ def test_reason_book_origins():
     assert book.reason(3) == bcp.NO_ROW_REASON  # an old reason is never reused
     book.record({"description": "merge", "history": None, "added": [101],
                  "descendants": [(100, 101), (4, 101)]})
-    assert book.reason(101) == bcp.merged_reason([4, 100])
+    assert book.reason(101) == bcp.merged_reason([4, 100], book.label_of)
+    assert book.reason(101) == \
+        "UNCLASSIFIED: merged from 4 (UNCLASSIFIED), 100 (UNCLASSIFIED); re-run bombcell"
     book.record({"description": "assign", "history": "undo", "added": [100, 4],
                  "descendants": [(101, 100), (101, 4)]})
     assert book.reason(4) == bcp.NO_ROW_REASON
     book.check_clusters([101, 4], prune=True)
     assert book.reason(100) == bcp.NO_ROW_REASON
+
+
+def test_reload_says_which_units_changed_label(dataset):
+    result = pr.classify_dataset(dataset)
+    good = [int(c) for c, label in zip(result.cluster_ids, result.label) if label == "GOOD"]
+    mua = [int(c) for c, label in zip(result.cluster_ids, result.label) if label == "MUA"]
+    stricter = dict(result.params, minPresenceRatio=1.5)  # every unit fails presence ratio
+    after = pr.Classification(stricter, result.metrics, result.cluster_ids, result.bombcell_label)
+    old, new = bcp.ReasonBook(result), bcp.ReasonBook(after)
+    text = bcp.changes_text(old, new, result.cluster_ids, limit=3)
+    assert text.startswith(f"{len(good)} units changed label: {good[0]} GOOD->MUA, ")
+    assert f"(+{len(good) - 3})" in text and "other reasons changed" in text
+    assert str(mua[0]) not in text.split(";")[0].split(", ...")[0].split(": ", 1)[1].split(" ")[0]
+    assert bcp.changes_text(old, old, result.cluster_ids) == "no unit changed label"
+
+
+def _accepts(expression, row):
+    try:  # as phy's filter: a row whose value cannot be compared stays visible
+        return bool(eval(expression, {"__builtins__": {}}, dict(row)))
+    except Exception:
+        return True
+
+
+def test_readme_filters_work_in_phys_filter(phy, dataset):
+    """Every filter the README shows, through phy's own filter box of the cluster view."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    block = readme.split("<!-- phy filters -->")[1].split("```")[1]
+    filters = [line.split("  #")[0].strip() for line in block.splitlines()[1:] if line.strip()]
+    assert "bc_unitType == 'MUA' and bc_nFailing == 1" in filters
+    assert "startswith" not in readme  # phy 2.1's filter accepts comparisons only
+    controller, gui = phy.open(dataset)
+    table = controller.supervisor.cluster_view
+    rows = {r["id"]: r for r in table._model._rows}
+    for expression in filters:
+        table.filter(expression)
+        shown = set(table.get_ids())
+        expected = {c for c, r in rows.items() if _accepts(expression, r)}
+        # An expression phy rejects shows every row: so this also proves phy accepted it.
+        assert shown == expected and 0 < len(shown) < len(rows), expression
+    table.filter("")
+
+
+def test_any_new_status_renders_without_code_changes(dataset):
+    """A status the view has no style for (e.g. 'kept': a failure bombcell keeps under
+    keepUncertainRPVUnits) is listed with its name, in a neutral colour, never red."""
+    result = pr.classify_dataset(dataset)
+    cluster_id = int(result.cluster_ids[result.label == "GOOD"][0])
+    info = result.explain(cluster_id)
+    rpv = next(c for c in info["criteria"] if c["param"] == "maxRPVviolations")
+    rpv.update(status="kept", value=0.5)
+    html = bcp._explanation_html(info)
+    at = html.index("fraction RPVs")
+    row = html[html.rfind("<tr", 0, at):html.find("</tr>", at)]
+    assert "0.5 &gt; 0.1 kept" in html and bcp._DECISIVE_STYLE not in row
+    assert bcp._OTHER_STATUS_STYLE in row
+    assert "kept" in pr.format_explanation(info)
+    other = result.explain(int(result.cluster_ids[0]))
+    assert "0.5" in bcp._comparison_html([cluster_id, int(result.cluster_ids[0])], [info, other],
+                                         ["a", "b"], 0)

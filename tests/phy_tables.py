@@ -1,0 +1,68 @@
+"""What a test reads from phy's cluster and similarity views, in phy 2.1 and in phy 2.0.
+
+phy 2.1's views are Qt tables that answer at once.  phy 2.0's (2.0b5) are HTML pages in
+QtWebEngine: every question is JavaScript whose answer arrives later through a callback, so here
+we wait for it in Qt's event loop.  The tests call only these functions for what differs; the
+rest of phy's API they use is the same in both.
+"""
+import time
+
+from phy_bc_reason_plugin import _html_table
+
+TIMEOUT = 20  # seconds; QtWebEngine under Xvfb with software OpenGL can be slow on 2 cores
+
+
+def wait_until(condition, timeout=TIMEOUT, what="condition"):
+    """Run Qt's event loop until ``condition()`` is true."""
+    from PyQt5.QtWidgets import QApplication
+    end = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > end:
+            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+        QApplication.processEvents()
+        time.sleep(0.005)
+
+
+def _ask(view, method, js_method):
+    """``view.<method>()`` in phy 2.1; in phy 2.0 the answer of ``table.<js_method>()``, or None
+    while the page loads (until its script runs, ``table`` is the page's <div id="table">)."""
+    if not _html_table(view):
+        return getattr(view, method)()
+    return _js(view, f'(typeof table.{js_method} === "function") ? table.{js_method}() : null')
+
+
+def _js(view, expression):
+    box = []
+    view.eval_js(expression, callback=box.append)
+    wait_until(lambda: box, what=f"{type(view).__name__}: {expression}")
+    return box[0]
+
+
+def ids(view):
+    """Row ids in display order."""
+    return list(_ask(view, "get_ids", "_getIds") or [])
+
+
+def selected(view):
+    return list(_ask(view, "get_selected", "selected") or [])
+
+
+def sort(view):
+    """[name, direction] or None."""
+    value = _ask(view, "get_current_sort", "_currentSort")
+    return list(value) if value and value[0] else None
+
+
+def row(view, cluster_id):
+    """The row of one cluster as {column: value}, or None when the view has no such row."""
+    if not _html_table(view):
+        return view.get(cluster_id)
+    # phy 2.0's get() raises in JavaScript (an undefined answer) for a missing id.
+    return _js(view, f'(table.get("id", {int(cluster_id)})[0] || {{}})["_values"]')
+
+
+def rows(view):
+    """Every row of the view as {column: value}, in display order."""
+    if not _html_table(view):
+        return list(view._model._rows)
+    return list(_js(view, "table.items.map(function (item) { return item._values; })") or [])

@@ -5,12 +5,13 @@ One file, three ways in:
 * a phy plugin (``BombcellReasonPlugin``) that shows the reason of every unit as the
   ``bc_classificationReason`` column of phy's cluster view, a dock view with every criterion of
   the selected cluster, and a "Bombcell" menu;
-* a command line tool, ``phy-bc-reason export|explain|rules|install|demo``;
+* a command line tool, ``phy-bc-reason export|explain|summary|rerun|rules|install|demo``;
 * a Python API for notebooks: ``load_reasons(dataset_dir)`` and ``explain_cluster(...)``.
 
 Everything is derived from one declarative table, ``RULES``, which mirrors bombcell 0.94's
-``bombcell.quality_metrics.get_quality_unit_type``.  bombcell itself is never imported here: it
-costs seconds and prints to stdout, and its results are plain parquet files.  The property tests
+``bombcell.quality_metrics.get_quality_unit_type``.  bombcell itself is never imported here
+(only ``phy-bc-reason rerun``, a child process of phy's *Re-run bombcell*, runs it): it costs
+seconds and prints to stdout, and its results are plain parquet files.  The property tests
 in ``tests/`` prove that the labels computed here equal bombcell's own on many random tables.
 """
 
@@ -3263,6 +3264,12 @@ def _reselect(supervisor, clusters, similar):
 
 
 # -- the metric view, the summary and the re-run, as phy shows them ----------------------------
+# phy APIs used here, the same in phy 2.0b5 and 2.1 (tests run in both): ``ManualClusteringView``
+# (phy/cluster/views/base.py, as phy's HistogramView) with ``HistogramVisual``, ``LineVisual`` and
+# ``TextVisual`` on its stacked canvas, ``selected_cluster_color``, its ``status``/dock status and
+# view menu (``Actions.add(view_submenu=...)``); ``supervisor.is_dirty()`` (unsaved changes);
+# ``cluster_meta.from_dict`` (bombcell's labels after a re-run, outside the undo stack); Qt's
+# ``QProcess`` for the child process, so that phy's event loop only reads its output.
 
 METRIC_VIEW_NAME = "BombcellMetricView"
 SUMMARY_VIEW_NAME = "BombcellSummaryView"

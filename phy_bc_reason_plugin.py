@@ -2427,7 +2427,8 @@ class _WhatIfLogic:
         counts = ", ".join(f"{k} {v}" for k, v in label_counts(result.label).items())
         real_counts = ", ".join(f"{k} {v}" for k, v in label_counts(real.classification.label).items())
         self.say(f"WHAT-IF {whatif_changes_text(result)}: {counts} (saved: {real_counts}); "
-                 f":bcreset to go back")
+                 f":bcreset to go back, :bcsave to keep the parameters for bombcell, :bcrun to "
+                 f"re-run bombcell with them")
         return result
 
     def reset_whatif(self):

@@ -2528,15 +2528,22 @@ class _WhatIfLogic:
             self.say(f"bombcell re-run failed ({why[:200]}); previous results and "
                      f"{TSV_NAME} untouched", logging.WARNING)
             return
-        self.reset_whatif() if self._real_book is not None else None
-        self.reload()
-        self._reload_bombcell_labels()
+        if self._real_book is not None:  # the re-run applied the what-if: it is real now
+            self.book, self._real_book = self._real_book, None
+        # One refresh of each table (phy 2.1 sizes every cell at each change): bombcell's new
+        # labels go into phy's memory first, then into the rows reload() refreshes.
+        self._extra_rows = self._reload_bombcell_labels()
+        try:
+            self.reload()
+        finally:
+            self._extra_rows = None
         notes = [line[len("note: "):] for line in run.lines if line.startswith("note: ")]
         self.say("bombcell re-run done: " + self.summary() + (f"; {notes[0]}" if notes else ""))
 
     def _reload_bombcell_labels(self):
         """phy keeps bombcell's cluster_*.tsv labels in memory and writes them back on save:
-        take the new ones (silently, outside the undo stack)."""
+        take the new ones (silently, outside the undo stack).  Returns {cluster_id: {field:
+        value}} for the tables."""
         supervisor = self.controller.supervisor
         meta = supervisor.cluster_meta
         new = {}
@@ -2553,9 +2560,7 @@ class _WhatIfLogic:
                 new.setdefault(cluster_id, {})[field] = value
         if new:
             meta.from_dict(new)
-            rows = [dict(values, id=c) for c, values in new.items()]
-            supervisor.cluster_view.change(rows)
-            supervisor.similarity_view.change(rows)
+        return new
 
 
 # -- HTML (QTextBrowser's rich-text subset: tables, inline styles, a document stylesheet) --------
@@ -2994,7 +2999,9 @@ class _PluginLogic(_WhatIfLogic):
     def _refresh_tables(self):
         """New values of our columns in both tables (``Table.change``, rows by id)."""
         supervisor = self.controller.supervisor
-        rows = [{"id": c, COLUMN: self.reason(c), N_FAILING_COLUMN: self.n_failing(c)}
+        extra = getattr(self, "_extra_rows", None) or {}  # bombcell's labels after a re-run
+        rows = [dict(extra.get(c, {}), id=c, **{COLUMN: self.reason(c),
+                                                  N_FAILING_COLUMN: self.n_failing(c)})
                 for c in self._cluster_ids()]
         supervisor.cluster_view.change(rows)
         supervisor.similarity_view.change(rows)

@@ -1553,8 +1553,9 @@ def main(argv=None):
 # dock); view ``close_view``; ``controller.cluster_metrics``, ``controller.view_creator``,
 # ``supervisor.columns``.  phy's tables are touched only in _rebuild_tables
 # (``get_current_sort``, ``ClusterView._reset_table``: what phy's ``Supervisor.label`` uses to
-# add a column, ``reset``/``select``), _refresh_tables (``change``) and the tooltip
-# (``table_view``, the native Qt table of phy 2.1: ``indexAt``, ``viewport``).
+# add a column, ``reset``/``select``), _refresh_tables (``change``), the tooltip
+# (``table_view``, the native Qt table of phy 2.1: ``indexAt``, ``viewport``) and, in phy 2.0,
+# the table page's header (``pre_build`` event, ``builder.headers``: _prepare_html_table).
 # ``Actions(gui, menu=..., submenu=...)`` with ``alias``/``prompt`` for the ``:bc`` snippet,
 # ``gui.state`` (the plugin's choices, saved in phy's state.json), ``gui.status_message`` and
 # the "phy" logger (phy.log + status bar).
@@ -2269,7 +2270,7 @@ class _PluginLogic:
         supervisor = self.controller.supervisor
         self._tooltips = [cls(self, table) for table in (supervisor.cluster_view,
                                                           supervisor.similarity_view)
-                          if hasattr(table, "table_view")]  # phy 2.0's HTML table: none
+                          if hasattr(table, "table_view")]  # phy 2.0: a title (_prepare_html_table)
 
     def tooltip(self, table, pos):
         """Text of the tooltip at ``pos`` (viewport coordinates) of a table, or None."""

@@ -2960,6 +2960,8 @@ class _WhatIfLogic:
             view.plot()
         for view in list(self.summary_views):
             view.refresh()
+        if self.concordance_views:  # against the labels now shown
+            self.update_concordance()
 
     def save_whatif_params(self, path=None):
         changes = self.whatif_changes
@@ -3068,6 +3070,200 @@ class _WhatIfLogic:
         if new:
             meta.from_dict(new)
         return new
+
+
+# -- Bombcell vs my labels (the curator's labels against bombcell's, in phy) ---------------------
+# The curator's labels are ``supervisor.cluster_meta``'s ``group`` field; phy 2.1 and 2.0b5 both
+# announce a label change as the supervisor's ``cluster`` event with ``up.description ==
+# "metadata_group"`` (ClusterMeta.set; undo/redo too), a merge or split as "merge"/"assign".  The
+# view recomputes on those, debounced: the concordance (~3 ms for 2,000 units) in the GUI thread,
+# the suggestions (bombcell's method, ~0.5 s for 2,000 labelled units) in a worker thread whose
+# result is shown only if no newer labelling came in meanwhile.
+
+CONCORDANCE_VIEW_NAME = "BombcellConcordanceView"
+CONCORDANCE_DEBOUNCE_MS = 300  # labelling several clusters in a row recomputes once
+
+
+def _curator_groups(supervisor):
+    """The curator's labels now: {cluster_id: good/mua/noise} from cluster_meta's group field."""
+    meta = supervisor.cluster_meta
+    return curator_labels({int(c): meta.get("group", c) for c in supervisor.clustering.cluster_ids})
+
+
+def concordance_html(info, rows, computing=False, min_units=SUGGEST_DEFAULTS["min_units_per_class"]):
+    """The *Bombcell vs my labels* view: agreement, confusion counts, disagreements (links
+    ``cluster:ID``), suggestions with *Try* (``try:PARAM``) and *Save suggestions* (``save:``)."""
+    header = ""
+    if info["what_if"]:
+        header = ("<p style='color:#e0b040'><b>WHAT-IF " + _esc(", ".join(
+            f"{k}={v}" for k, v in info["what_if"].items())) + "</b> (<a href='reset:'>back</a>)</p>")
+    n = info["n_labelled"]
+    if not n:
+        return _html_page(header + "<p>No cluster labelled good, mua or noise yet (that bombcell "
+                          "has a row for). Label clusters (alt+g, alt+m, alt+n): this view "
+                          "compares your labels with bombcell's as you go.</p>")
+    seen = sorted({b for row in info["confusion"].values() for b in row},
+                  key=lambda b: (b not in AGREEING_GROUPS, b))
+    cells = "".join(f"<th>{_esc(_short_label(b))}</th>" for b in seen)
+    body = [header, f"<p><b>{info['n_agree']} of {n}</b> labelled units agree with bombcell "
+                    f"({100 * info['agreement']:.0f}%)</p>",
+            f"<table cellspacing=0 cellpadding=2><tr><th align=left>you \\ bc</th>{cells}</tr>"]
+    for g, row in info["confusion"].items():
+        body.append(f"<tr><td>{g}</td>" + "".join(
+            f"<td align=right>{row.get(b, 0) or '·'}</td>" for b in seen) + "</tr>")
+    body.append("</table>")
+    dis = info["disagreements"]
+    if dis:
+        body.append(f"<p><b>{len(dis)} disagreement(s)</b> (click to select): " + ", ".join(
+            f"<a href='cluster:{d['cluster_id']}'>{d['cluster_id']}</a> {d['curator']}/"
+            f"{_esc(_short_label(d['bombcell']))}" for d in dis) + "</p>")
+    body.append("<p><b>Suggested thresholds</b> (bombcell's method)</p>")
+    if rows is None:
+        body.append("<p>computing…</p>" if computing else "<p>-</p>")
+    else:
+        suggested = [r for r in rows if r["status"] == "suggested"]
+        for r in suggested:
+            body.append(f"<p>{r['parameter']}: {r['current']:g} &rarr; <b>{r['suggested']:g}</b> "
+                        f"(accuracy {r['accuracy_current']:.2f} &rarr; "
+                        f"{r['accuracy_suggested']:.2f}) <a href='try:{r['parameter']}'>Try</a></p>")
+        if suggested:
+            body.append("<p><a href='save:'>Save suggestions</a></p>")
+        needed = labels_needed(rows, min_units)
+        if not suggested:
+            body.append("<p>none" + (": too few labels for some thresholds" if needed else
+                                     ": the thresholds fit your labels") + "</p>")
+        others = [r for r in rows if r["status"] not in ("suggested", "too few labels")]
+        if others:
+            body.append("<p style='color:#999'>" + "; ".join(
+                f"{r['parameter']} {_esc(r['status'])}" for r in others) + "</p>")
+        if needed:
+            body.append(f"<p style='color:#999'>too few labels (each threshold needs {min_units} "
+                        f"on both sides): " + "; ".join(_esc(t) for t in needed) + "</p>")
+    return _html_page("".join(body))
+
+
+class _ConcordanceLogic:
+    """The plugin's *Bombcell vs my labels* view and actions (a part of _PluginLogic)."""
+
+    def _init_concordance(self):
+        self.concordance_views = []
+        self.concordance_info = None  # concordance() of the labels now
+        self.suggestions = None  # suggest() rows of the labels now (None while computing)
+        self._concordance_generation = 0
+        self._suggest_worker = None
+        # bombcell's min_units_per_class: labelled units needed on each side of a threshold
+        self.suggest_min_units = SUGGEST_DEFAULTS["min_units_per_class"]
+
+    def _register_concordance_view(self, controller):
+        controller.view_creator[CONCORDANCE_VIEW_NAME] = self._create_concordance_view
+
+    def _create_concordance_view(self):
+        _define_phy_classes()
+        return sys.modules[__name__].BombcellConcordanceView(self)
+
+    def _create_concordance_actions(self, actions):
+        actions.separator()
+        actions.add(self._action_concordance, name="bombcell vs my labels", alias="bcvs")
+        actions.add(self._action_try_suggestion, name="try a suggested threshold", alias="bctry",
+                    prompt=True, n_args=1,
+                    docstring="What-if with the suggested value of PARAM. Example: `maxRPVviolations`")
+        actions.add(self._action_save_suggestions, name="save the suggested thresholds",
+                    alias="bcsug")
+
+    @_guarded("Bombcell vs my labels")
+    def _action_concordance(self):
+        """The curator's labels against bombcell's: disagreements and suggested thresholds."""
+        self._show_dock(CONCORDANCE_VIEW_NAME)
+
+    @_guarded("the :bctry snippet")
+    def _action_try_suggestion(self, param):
+        """What-if with a suggested threshold.  Example: `maxRPVviolations`"""
+        self.try_suggestion(str(param))
+
+    @_guarded("Save suggested thresholds")
+    def _action_save_suggestions(self):
+        """Write the suggested thresholds as JSON for bombcell's own run."""
+        self.save_suggestions()
+
+    def _connect_concordance(self, supervisor):
+        self._connect(self._on_cluster_for_concordance, "cluster", supervisor)
+
+    def _on_cluster_for_concordance(self, sender, up):
+        if self.concordance_views:
+            self.schedule_concordance()
+
+    def schedule_concordance(self):
+        """Recompute after CONCORDANCE_DEBOUNCE_MS, once for a burst of label changes."""
+        from phy.gui.qt import QTimer
+        self._concordance_generation += 1
+        generation = self._concordance_generation
+        QTimer.singleShot(CONCORDANCE_DEBOUNCE_MS,
+                          lambda: generation == self._concordance_generation
+                          and self.update_concordance())
+
+    @_guarded("comparing your labels with bombcell's")
+    def update_concordance(self):
+        """The concordance now; the suggestions in a worker thread (see the section comment)."""
+        result = self.shown_classification()
+        if result is None or self.controller is None:
+            self.concordance_info, self.suggestions = None, None
+            self._redraw_concordance_views()
+            return
+        labels = _curator_groups(self.controller.supervisor)
+        self.concordance_info = concordance(result, labels)
+        self.suggestions = None
+        self._concordance_generation += 1
+        generation = self._concordance_generation
+        import concurrent.futures
+        if self._suggest_worker is None:
+            self._suggest_worker = concurrent.futures.ThreadPoolExecutor(1)
+        future = self._suggest_worker.submit(suggest, result, labels, self.suggest_min_units)
+        self._redraw_concordance_views(computing=True)
+        self._poll_suggestions(future, generation)
+
+    def _poll_suggestions(self, future, generation):
+        from phy.gui.qt import QTimer
+        if generation != self._concordance_generation:
+            return  # newer labels: their own computation will show
+        if not future.done():
+            QTimer.singleShot(50, lambda: self._poll_suggestions(future, generation))
+            return
+        try:
+            self.suggestions = future.result()
+        except Exception as e:
+            _report_exception("suggesting thresholds", e, self.gui)
+            self.suggestions = []
+        self._redraw_concordance_views()
+
+    def _redraw_concordance_views(self, computing=False):
+        for view in list(self.concordance_views):
+            view.show_info(self.concordance_info, self.suggestions, computing,
+                           self.suggest_min_units)
+
+    def try_suggestion(self, param):
+        """The suggestion for ``param`` as a what-if (:bcset), so the view shows who moves."""
+        value = suggested_changes(self.suggestions or []).get(param)
+        if value is None:
+            self.say(f"bombcell vs my labels: no suggested value for {param}", logging.WARNING)
+            return None
+        return self.set_whatif({param: value})
+
+    def save_suggestions(self, path=None):
+        """The what-if's changes and the suggested thresholds, with the what-if's writer."""
+        suggested = suggested_changes(self.suggestions or [])
+        if not suggested:
+            self.say("bombcell vs my labels: no suggested threshold to save", logging.WARNING)
+            return None
+        changes = dict(self.whatif_changes, **suggested)
+        path = write_params_file(path or self.dataset_dir / SUGGEST_PARAMS_NAME, changes)
+        self.say(f"suggested parameters written to {path}: param.update(json.load(open(...))) "
+                 f"before bombcell.run_bombcell")
+        return path
+
+    def _close_concordance(self):
+        if self._suggest_worker is not None:
+            self._suggest_worker.shutdown(wait=False)
+            self._suggest_worker = None
 
 
 # -- HTML (QTextBrowser's rich-text subset: tables, inline styles, a document stylesheet) --------
@@ -3251,7 +3447,7 @@ SHOW_CRITERIA_SHORTCUT = "ctrl+alt+b"
 # -- the plugin -------------------------------------------------------------------------------
 
 
-class _PluginLogic(_WhatIfLogic):
+class _PluginLogic(_WhatIfLogic, _ConcordanceLogic):
     """Everything ``BombcellReasonPlugin`` does; the phy class adds only ``IPlugin`` (phy is
     imported lazily, see ``_define_phy_classes``)."""
 
@@ -3268,6 +3464,7 @@ class _PluginLogic(_WhatIfLogic):
         self._reason_failed = False
         self.book = ReasonBook(error="bombcell reasons not loaded yet")
         self._init_whatif()
+        self._init_concordance()
         try:
             self._connect(self._on_controller_ready, "controller_ready", controller)
             self._connect(self._on_gui_ready, "gui_ready", controller)
@@ -3303,6 +3500,7 @@ class _PluginLogic(_WhatIfLogic):
         # copies its own default state.json, whose view_count would ignore default_views).
         controller.view_creator[VIEW_NAME] = self._create_view
         self._register_whatif_views(controller)
+        self._register_concordance_view(controller)
 
     def _load_book(self, previous=None):
         book = ReasonBook.load(self.dataset_dir, previous=previous)
@@ -3352,6 +3550,7 @@ class _PluginLogic(_WhatIfLogic):
         supervisor.columns[:] = [c for c in supervisor.columns
                                  if c not in metrics or c in self.shown_raw_metrics]
         self._connect(self._on_cluster, "cluster", supervisor)
+        self._connect_concordance(supervisor)
         self._connect(self._on_save_clustering, "save_clustering", supervisor)
         self._connect(self._on_table_pre_build, "pre_build", None)  # every table (phy 2.0)
         self._write_tsv_if_stale()
@@ -3440,6 +3639,7 @@ class _PluginLogic(_WhatIfLogic):
         from phylib.utils import unconnect
         unconnect(self._on_gui_close, self._on_table_pre_build)
         self._stop_sizing()
+        self._close_concordance()
         if self.view is not None:
             self.view.detach()
 
@@ -3603,6 +3803,7 @@ class _PluginLogic(_WhatIfLogic):
                                   f"cluster_{metric}.tsv)")
             actions.get(name).setText(metric)
         self._create_whatif_actions(actions)
+        self._create_concordance_actions(actions)
 
     @_guarded("Show criteria of selected cluster")
     def _action_show_criteria(self):
@@ -4135,6 +4336,59 @@ def _define_whatif_classes(module):
     module._BombcellRun = _BombcellRun
 
 
+def _define_concordance_classes(module):
+    """The phy/Qt class of *Bombcell vs my labels*: ``BombcellConcordanceView`` (a QTextBrowser,
+    links handled by ``anchorClicked``)."""
+    from PyQt5.QtWidgets import QTextBrowser
+
+    class BombcellConcordanceView(QTextBrowser):
+        """The curator's labels against bombcell's: agreement, disagreements (click to select),
+        suggested thresholds (Try: a what-if; Save suggestions)."""
+
+        def __init__(self, plugin):
+            super().__init__()
+            self.plugin = plugin
+            self.setReadOnly(True)
+            self.setOpenLinks(False)  # links are handled here, never followed
+            self.setStyleSheet("QTextBrowser { background-color: black; color: #ddd; border: 0; }")
+            self.anchorClicked.connect(self.on_link)
+
+        def attach(self, gui):
+            gui.add_view(self, position="right")
+            self.plugin.concordance_views.append(self)
+            self.plugin.update_concordance()
+
+        def show_info(self, info, rows, computing=False, min_units=20):
+            if info is None:
+                self.setHtml(_html_page(f"<p>{_esc(self.plugin.summary())}</p>"))
+                return
+            self.setHtml(concordance_html(info, rows, computing, min_units))
+            dock = getattr(self, "dock", None)
+            if dock is not None:
+                dock.set_status(f"{info['n_agree']}/{info['n_labelled']} agree")
+
+        def on_link(self, url):
+            kind, _, value = url.toString().partition(":")
+            try:
+                if kind == "cluster":
+                    self.plugin.controller.supervisor.select([int(value)])
+                elif kind == "try":
+                    self.plugin.try_suggestion(value)
+                elif kind == "save":
+                    self.plugin.save_suggestions()
+                elif kind == "reset":
+                    self.plugin.reset_whatif()
+            except Exception as e:
+                _report_exception("the Bombcell vs my labels view", e, self.plugin.gui)
+
+        def closeEvent(self, event):
+            if self in self.plugin.concordance_views:
+                self.plugin.concordance_views.remove(self)
+            super().closeEvent(event)
+
+    module.BombcellConcordanceView = BombcellConcordanceView
+
+
 def _define_phy_classes():
     """Create (once) the classes that need phy and Qt, register the plugin with phy, and return
     ``(BombcellReasonPlugin, BombcellReasonView, ReasonTooltip, FirstOpenSizer)``."""
@@ -4247,6 +4501,7 @@ def _define_phy_classes():
     module.BombcellReasonPlugin = BombcellReasonPlugin
     module.BombcellReasonView = BombcellReasonView
     _define_whatif_classes(module)
+    _define_concordance_classes(module)
     module.ReasonTooltip = ReasonTooltip
     module._PHY_CLASSES = (BombcellReasonPlugin, BombcellReasonView, ReasonTooltip, FirstOpenSizer)
     return module._PHY_CLASSES

@@ -3126,8 +3126,9 @@ def concordance_html(info, rows, computing=False, min_units=SUGGEST_DEFAULTS["mi
             body.append(f"<p>{r['parameter']}: {r['current']:g} &rarr; <b>{r['suggested']:g}</b> "
                         f"(accuracy {r['accuracy_current']:.2f} &rarr; "
                         f"{r['accuracy_suggested']:.2f}) <a href='try:{r['parameter']}'>Try</a></p>")
-        if suggested:
-            body.append("<p><a href='save:'>Save suggestions</a></p>")
+        if suggested or info["what_if"]:
+            body.append("<p><a href='save:'>Save suggestions</a>" + (" (with the what-if's "
+                        "changes)" if info["what_if"] else "") + "</p>")
         needed = labels_needed(rows, min_units)
         if not suggested:
             body.append("<p>none" + (": too few labels for some thresholds" if needed else
@@ -3249,12 +3250,12 @@ class _ConcordanceLogic:
         return self.set_whatif({param: value})
 
     def save_suggestions(self, path=None):
-        """The what-if's changes and the suggested thresholds, with the what-if's writer."""
-        suggested = suggested_changes(self.suggestions or [])
-        if not suggested:
+        """The what-if's changes (a tried suggestion among them) and the thresholds still
+        suggested on top of it, with the what-if's writer."""
+        changes = dict(self.whatif_changes, **suggested_changes(self.suggestions or []))
+        if not changes:
             self.say("bombcell vs my labels: no suggested threshold to save", logging.WARNING)
             return None
-        changes = dict(self.whatif_changes, **suggested)
         path = write_params_file(path or self.dataset_dir / SUGGEST_PARAMS_NAME, changes)
         self.say(f"suggested parameters written to {path}: param.update(json.load(open(...))) "
                  f"before bombcell.run_bombcell")

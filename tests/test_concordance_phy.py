@@ -6,6 +6,7 @@ import pytest
 from PyQt5.QtCore import QUrl
 
 import phy_bc_reason_plugin as pr
+from test_concordance import assert_same_rows
 from test_phy_plugin import copy_dataset, phy  # noqa: F401
 
 pytestmark = pytest.mark.gui
@@ -81,25 +82,29 @@ def test_try_and_save_suggestions(phy, dataset, qtbot):
     gui.snippets.run(":bcvs")
     view = gui.list_views(pr.CONCORDANCE_VIEW_NAME)[0]
     real = pr.classify_dataset(dataset)
-    # the curator keeps every MUA unit as good: the MUA thresholds should relax
-    labels = {int(c): {"GOOD": "good", "MUA": "good", "NOISE": "noise"}[b]
-              for c, b in zip(real.cluster_ids, real.label) if b in ("GOOD", "MUA", "NOISE")}
-    for group in ("good", "noise"):
+    # the curator keeps bombcell's noise units and rejects its non-somatic ones: the noise
+    # thresholds should move
+    groups = {"GOOD": "good", "MUA": "mua", "NOISE": "good", "NON-SOMA": "noise"}
+    labels = {int(c): groups[b] for c, b in zip(real.cluster_ids, real.label) if b in groups}
+    for group in ("good", "mua", "noise"):
         label(controller, group, [c for c, g in labels.items() if g == group])
     wait_for(qtbot, plugin, labels)
     rows = pr.suggest(real, labels, min_units_per_class=2)
-    assert plugin.suggestions == rows or all(
-        (a == b) or (a != a and b != b) for x, y in zip(plugin.suggestions, rows)
-        for a, b in zip(x.values(), y.values()))
+    assert_same_rows(plugin.suggestions, rows)
     changes = pr.suggested_changes(rows)
-    if not changes:
-        pytest.skip("no threshold suggested on the demo dataset for these labels")
+    assert changes
     param, value = next(iter(changes.items()))
     assert "Try" in view.toPlainText() and "Save suggestions" in view.toPlainText()
     view.on_link(QUrl(f"try:{param}"))
     assert plugin.whatif_changes == {param: value}
     assert gui.status_message.startswith("WHAT-IF ")
-    qtbot.waitUntil(lambda: "WHAT-IF" in view.toPlainText(), timeout=10000)
+    # the view now compares the labels with the what-if's, and suggests from there
+    qtbot.waitUntil(lambda: "WHAT-IF" in view.toPlainText() and plugin.suggestions is not None,
+                    timeout=10000)
+    whatif = real.what_if({param: value})
+    assert plugin.concordance_info == pr.concordance(whatif, labels)
     view.on_link(QUrl("save:"))
     saved = json.loads((dataset / pr.SUGGEST_PARAMS_NAME).read_text())
-    assert saved[param] == value
+    # the what-if's change and what is still suggested on top of it
+    assert saved == dict({param: value}, **pr.suggested_changes(
+        pr.suggest(whatif, labels, min_units_per_class=2)))

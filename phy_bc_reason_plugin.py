@@ -3107,7 +3107,7 @@ def concordance_html(info, rows, computing=False, min_units=SUGGEST_DEFAULTS["mi
     cells = "".join(f"<th>{_esc(_short_label(b))}</th>" for b in seen)
     body = [header, f"<p><b>{info['n_agree']} of {n}</b> labelled units agree with bombcell "
                     f"({100 * info['agreement']:.0f}%)</p>",
-            f"<table cellspacing=0 cellpadding=2><tr><th align=left>you \\ bc</th>{cells}</tr>"]
+            f"<table cellspacing=0 cellpadding=2><tr><th align=left>you</th>{cells}</tr>"]
     for g, row in info["confusion"].items():
         body.append(f"<tr><td>{g}</td>" + "".join(
             f"<td align=right>{row.get(b, 0) or '·'}</td>" for b in seen) + "</tr>")
@@ -4352,10 +4352,29 @@ def _define_concordance_classes(module):
             self.setReadOnly(True)
             self.setOpenLinks(False)  # links are handled here, never followed
             self.setStyleSheet("QTextBrowser { background-color: black; color: #ddd; border: 0; }")
+            self.document().setDefaultStyleSheet("a { color: #8cf; }")  # readable on black
             self.anchorClicked.connect(self.on_link)
+
+        # Small hints, as the reason view's: a second right dock must not push phy's window
+        # past a 1920 px screen; the HTML wraps to whatever width the dock gets.
+        def sizeHint(self):
+            from PyQt5.QtCore import QSize
+            return QSize(FIRST_OPEN_WIDTHS[1], 400)
+
+        def minimumSizeHint(self):
+            from PyQt5.QtCore import QSize
+            return QSize(120, 80)
 
         def attach(self, gui):
             gui.add_view(self, position="right")
+            # A tab beside the reason view: a new column of docks would push phy's window past
+            # a 1920 px screen (each dock's title bar has a minimum width).
+            reason_docks = [getattr(v, "dock", None) for v in gui.list_views(VIEW_NAME)]
+            dock = getattr(self, "dock", None)
+            if reason_docks and reason_docks[0] is not None and dock is not None:
+                gui.tabifyDockWidget(reason_docks[0], dock)
+                dock.show()
+                dock.raise_()
             self.plugin.concordance_views.append(self)
             self.plugin.update_concordance()
 

@@ -46,6 +46,30 @@ def main():
           f"({statuses}): {seconds:.3f} s")
     seconds, _ = best_of(lambda: pr.concordance(result, labels))
     print(f"concordance: {len(labels)} labelled units: {1000 * seconds:.1f} ms")
+    # In phy: the view's HTML and Qt's layout of it in the GUI thread, and how long the GUI
+    # thread waits for the interpreter while the suggestions are computed in the worker thread.
+    import os
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    from PyQt5.QtWidgets import QApplication, QTextBrowser
+    app = QApplication.instance() or QApplication([])
+    info = pr.concordance(result, labels)
+    browser = QTextBrowser()
+    browser.resize(253, 900)  # the view's size in phy's default layout at 1920x1080
+    seconds, _ = best_of(lambda: (browser.setHtml(pr.concordance_html(info, rows)),
+                                  browser.document().size()))
+    print(f"view HTML + layout: {len(info['disagreements'])} disagreements, "
+          f"{1000 * seconds:.1f} ms")
+    import threading
+    worker = threading.Thread(target=pr.suggest, args=(result, labels))
+    gaps, t0 = [], time.perf_counter()
+    worker.start()
+    while worker.is_alive():
+        t = time.perf_counter()
+        time.sleep(0.001)
+        gaps.append(time.perf_counter() - t - 0.001)
+    print(f"GUI thread while suggest runs in the worker ({time.perf_counter() - t0:.2f} s): "
+          f"longest wait {1000 * max(gaps):.1f} ms, median {1000 * np.median(gaps):.1f} ms")
+    app.processEvents()
     t = time.perf_counter()
     theirs = bombcell_suggest(result, labels)
     seconds = time.perf_counter() - t

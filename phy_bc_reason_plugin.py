@@ -3189,6 +3189,7 @@ class _ConcordanceLogic:
     def _connect_concordance(self, supervisor):
         self._connect(self._on_cluster_for_concordance, "cluster", supervisor)
 
+    @_guarded("following your labels")
     def _on_cluster_for_concordance(self, sender, up):
         if self.concordance_views:
             self.schedule_concordance()
@@ -3222,6 +3223,7 @@ class _ConcordanceLogic:
         self._redraw_concordance_views(computing=True)
         self._poll_suggestions(future, generation)
 
+    @_guarded("suggesting thresholds")
     def _poll_suggestions(self, future, generation):
         from phy.gui.qt import QTimer
         if generation != self._concordance_generation:
@@ -3262,6 +3264,8 @@ class _ConcordanceLogic:
         return path
 
     def _close_concordance(self):
+        self._concordance_generation += 1  # pending timers and results: dropped
+        self.concordance_views = []
         if self._suggest_worker is not None:
             self._suggest_worker.shutdown(wait=False)
             self._suggest_worker = None
@@ -4375,6 +4379,8 @@ def _define_concordance_classes(module):
                 gui.tabifyDockWidget(reason_docks[0], dock)
                 dock.show()
                 dock.raise_()
+            from phylib.utils import connect
+            connect(self.on_close_view, event="close_view", sender=self)
             self.plugin.concordance_views.append(self)
             self.plugin.update_concordance()
 
@@ -4401,10 +4407,11 @@ def _define_concordance_classes(module):
             except Exception as e:
                 _report_exception("the Bombcell vs my labels view", e, self.plugin.gui)
 
-        def closeEvent(self, event):
+        def on_close_view(self, view, gui):
+            from phylib.utils import unconnect
+            unconnect(self.on_close_view)
             if self in self.plugin.concordance_views:
                 self.plugin.concordance_views.remove(self)
-            super().closeEvent(event)
 
     module.BombcellConcordanceView = BombcellConcordanceView
 

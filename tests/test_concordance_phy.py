@@ -74,6 +74,14 @@ def test_view_follows_the_labels(phy, dataset, qtbot):
     controller.supervisor.block()
     assert controller.supervisor.selected == [mua[0]]
 
+    # closed (phy's close button): it stops following, labelling goes on without it
+    before = plugin.concordance_info
+    view.dock.close()
+    qtbot.waitUntil(lambda: plugin.concordance_views == [], timeout=5000)
+    label(controller, "noise", good[:1])
+    qtbot.wait(2 * pr.CONCORDANCE_DEBOUNCE_MS)
+    assert plugin.concordance_info is before  # not recomputed
+
 
 def test_try_and_save_suggestions(phy, dataset, qtbot):
     controller, gui = phy.open(dataset)

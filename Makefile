@@ -67,7 +67,7 @@ $(VPY20):
 
 $(STAMP): setup.cfg pyproject.toml | $(VPY)
 	@echo "Installing phy-bc-reason (phy 2.1) and its test tools into $(VENV) (1-4 minutes: 3-4 on a fresh machine)"
-	$(VPY) -m pip install $(PIP_QUIET) -e '.[test]'
+	$(VPY) -m pip install $(PIP_QUIET) -e '.[test,test-spikeinterface]'
 	@touch $@
 
 # First the lab's phy 2.0b5 environment, as a user has it; then the project and its test tools

@@ -20,7 +20,9 @@ VPY := $(VENV)/bin/python
 VPY20 := $(VENV20)/bin/python
 # The phy 2.0b5 environment: what a lab has (installed first), then kept as pip constraints.
 ENV20 := tests/envs/phy-2.0b5.txt
-# Written after a successful `pip install -e .[test]`; re-install only when the packaging changes.
+# Written after a successful `pip install -e .[test,test-spikeinterface]` (the SpikeInterface
+# route's tests; SpikeInterface needs numpy >= 2, so .venv-phy20 gets only .[test] and those tests
+# skip there); re-install only when the packaging changes.
 STAMP := $(VENV)/.phy-bc-reason-install.stamp
 STAMP20 := $(VENV20)/.phy-bc-reason-install.stamp
 PIP_QUIET := --quiet --progress-bar off

@@ -30,7 +30,8 @@ def spikeinterface_or_skip():
     except ImportError:
         if os.environ.get("PHY_BC_REASON_ENV") == PHY20_ENV:
             pytest.skip(f"SpikeInterface {SI_VERSION} needs numpy >= 2; the phy 2.0b5 environment "
-                        f"has numpy 1.23.5 (these tests run in the phy 2.1 environment)")
+                        f"has numpy 1.23.5 (these tests run in the phy 2.1 environment)",
+                        allow_module_level=True)
         raise
     assert spikeinterface.__version__ == SI_VERSION, (
         f"the SI rules follow SpikeInterface {SI_VERSION}, found {spikeinterface.__version__}: "
@@ -241,3 +242,45 @@ def make_si_phy_dataset(folder, split=False, seed=7, duration_s=20.0, n_units=10
                         thresholds=e2e_thresholds(), n_jobs=1, progress_bar=False)
         times["run_bombcell_qc"] = time.perf_counter() - t
     return times
+
+
+# -- a SpikeInterface-route folder without SpikeInterface (for the phy 2.0b5 environment) -------
+
+def write_si_folder_without_spikeinterface(dataset_dir, seed=0, split=False):
+    """run_bombcell_qc's files for an existing phy folder, written with the csv module as pandas
+    writes them (unnamed id column, label, metrics; NaN as an empty cell), with text SI unit
+    ids mapped by cluster_si_unit_ids.tsv, SpikeInterface's default thresholds, num_spikes as
+    phy counts them, and the labels the plugin's SI rules give (whose equality with
+    SpikeInterface's is proven where SpikeInterface installs).  For the GUI in phy 2.0b5, where
+    SpikeInterface does not install."""
+    import csv
+    import phy_bc_reason_plugin as pr
+    dataset_dir = Path(dataset_dir)
+    counts = np.bincount(np.load(dataset_dir / "spike_clusters.npy").ravel())
+    cluster_ids = np.flatnonzero(counts)
+    rng = np.random.default_rng(seed)
+    thresholds = pr.SI_DEFAULT_THRESHOLDS
+    first_sides = {m: sides for section in thresholds.values() for m, sides in section.items()}
+    names = [m for m in TABLE_METRICS if m in first_sides] + ["firing_rate"]
+    metrics = {m: _metric_values(rng, len(cluster_ids), first_sides.get(m, {}), 0.9) for m in names}
+    metrics["num_spikes"] = counts[cluster_ids].astype(float)
+    rules, _ = pr.spikeinterface_rules(thresholds, metrics)
+    codes = pr.evaluate_spikeinterface(rules, metrics, split)[4]
+    by_name = {v: k for k, v in pr.SI_LABEL_NAMES.items()}
+    labels = [by_name[name] for name in pr.label_names(codes, split)]
+    unit_ids = [f"unit{c}" for c in cluster_ids]
+    folder = dataset_dir / "bombcell"
+    folder.mkdir(exist_ok=True)
+    with open(folder / "labeling_results_wide.csv", "w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow([""] + ["label"] + names)
+        for i, unit in enumerate(unit_ids):
+            out.writerow([unit, labels[i]] + ["" if metrics[m][i] != metrics[m][i]
+                                              else repr(float(metrics[m][i])) for m in names])
+    (folder / "thresholds.json").write_text(json.dumps(thresholds, indent=2))
+    (folder / "bombcell_config.json").write_text(json.dumps(
+        {"split_non_somatic": split, "compute_valid_periods": False}, indent=2))
+    # phy's ids are the dataset's; the map says which SI unit each one is
+    lines = ["cluster_id\tsi_unit_id"] + [f"{c}\t{u}" for c, u in zip(cluster_ids, unit_ids)]
+    (dataset_dir / "cluster_si_unit_ids.tsv").write_text("\n".join(lines) + "\n")
+    return dict(zip(cluster_ids.tolist(), labels))

@@ -95,3 +95,27 @@ def test_phy_shows_the_si_reasons(phy, si_phy_dataset, tmp_path):
     for c in info["criteria"]:
         if c["decisive"]:
             assert c["param"] in text.replace("\n", "").replace(" ", "") or c["short"] in text
+
+
+@pytest.mark.gui
+def test_phy_shows_an_si_folder_in_every_phy(phy, demo_dataset, tmp_path):
+    """The SI route in the GUI of both phy 2.1 and phy 2.0b5 (SpikeInterface does not install
+    in the latter: the folder is written with the csv module, see spikeinterface_data)."""
+    import shutil
+    dataset = copy_dataset(demo_dataset, tmp_path)
+    shutil.rmtree(dataset / "bombcell")
+    saved = sid.write_si_folder_without_spikeinterface(dataset)
+    result = pr.classify_dataset(dataset)
+    assert result.route == "spikeinterface" and not result.label_differs.any()
+    assert {c: pr.SI_LABEL_NAMES[s] for c, s in saved.items()} == dict(
+        zip(result.cluster_ids.tolist(), result.label.tolist()))
+    controller, gui = phy.open(dataset)
+    assert column_values(controller.supervisor.cluster_view) == result.reason_by_cluster()
+    mua = [c for c in result.cluster_ids.tolist() if result.label[result.row(c)] == "MUA"]
+    noise = [c for c in result.cluster_ids.tolist() if result.label[result.row(c)] == "NOISE"]
+    select(controller, [mua[0]])
+    text = view_of(gui).toPlainText()
+    assert result.reason[result.row(mua[0])] in text and "mua." in text
+    select(controller, [mua[0], noise[0]])  # side by side: rows from the SI rule table
+    text = view_of(gui).toPlainText()
+    assert all(result.reason[result.row(c)] in text for c in (mua[0], noise[0]))

@@ -265,7 +265,7 @@ def write_si_folder_without_spikeinterface(dataset_dir, seed=0, split=False):
     metrics = {m: _metric_values(rng, len(cluster_ids), first_sides.get(m, {}), 0.9) for m in names}
     metrics["num_spikes"] = counts[cluster_ids].astype(float)
     rules, _ = pr.spikeinterface_rules(thresholds, metrics)
-    codes = pr.evaluate_spikeinterface(rules, metrics, split)[4]
+    codes = pr.evaluate_spikeinterface(rules, metrics, split).codes
     by_name = {v: k for k, v in pr.SI_LABEL_NAMES.items()}
     labels = [by_name[name] for name in pr.label_names(codes, split)]
     unit_ids = [f"unit{c}" for c in cluster_ids]

@@ -40,6 +40,8 @@ from pathlib import Path
 
 import numpy as np
 
+import phy_bc_reason_plugin
+
 __all__ = ["make_dataset", "run_bombcell", "main", "DESIGNS"]
 
 # ------------------------------------------------------------------------------------------------
@@ -637,23 +639,11 @@ def _has_display():
             or bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")))
 
 
-def _plugin():
-    """phy_bc_reason_plugin, or None if it cannot be imported (it is written separately)."""
-    try:
-        import phy_bc_reason_plugin
-    except ImportError as e:
-        print(f"phy_bc_reason_plugin is not available ({e}); skipping its step", file=sys.stderr)
-        return None
-    return phy_bc_reason_plugin
-
-
 def open_phy(dataset_dir):
     """Open phy's Template GUI on the dataset, with the reason plugin attached if available."""
-    import phy  # noqa: F401  (first, so that the plugin module registers its phy classes)
     from phy.apps.template import template_gui
     from phy.utils.config import load_master_config
 
-    import phy_bc_reason_plugin
     name = phy_bc_reason_plugin.BombcellReasonPlugin.__name__  # defines and registers it
     configured = load_master_config().get("TemplateGUI", {}).get("plugins", [])
     plugins = [] if name in configured else [name]  # phy attaches configured plugins itself
@@ -711,15 +701,11 @@ def main(argv=None, prog="python -m phy_bc_reason_demo"):
     counts = label_counts(dataset)
     print("bombcell labels: " + ", ".join(f"{k} {v}" for k, v in counts.items()), flush=True)
 
-    plugin = _plugin()
-    rc = 0
-    if plugin is not None:
-        rc = plugin.main(["export", str(dataset)]) or 0
+    rc = phy_bc_reason_plugin.main(["export", str(dataset)]) or 0
     if _has_display() and not args.no_gui:
         open_phy(dataset)
     else:
-        if plugin is not None:
-            rc = plugin.main(["explain", str(dataset)]) or rc
+        rc = phy_bc_reason_plugin.main(["explain", str(dataset)]) or rc
         print(f"\nTo browse it in phy (on a machine with a display):\n  "
               f"{_command(sys.executable, '-m', 'phy_bc_reason_demo', dataset, '--keep')}",
               flush=True)

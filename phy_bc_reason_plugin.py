@@ -22,6 +22,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -40,6 +41,17 @@ UNIT_TYPE_TSV = "cluster_bc_unitType.tsv"
 
 UNCLASSIFIED = "UNCLASSIFIED"
 NO_LABEL = "NO LABEL"  # shown for units bombcell leaves unlabelled ("") because they have no spikes
+
+
+def unclassified_reason(cause):
+    return f"{UNCLASSIFIED}: {cause}"
+
+
+# The text for a cluster bombcell has no row for, when nothing more is known about it (the plugin
+# knows more: "merged from 12, 15 after bombcell ran", "split from 12 ...").
+NO_ROW_REASON = unclassified_reason("no bombcell row for this cluster; re-run bombcell")
+# Texts the plugin gives clusters made in phy after bombcell ran; kept through our own TSV.
+ORIGIN_PREFIXES = (f"{UNCLASSIFIED}: merged from ", f"{UNCLASSIFIED}: split from ")
 
 
 class BombcellReasonError(Exception):
@@ -71,7 +83,22 @@ class Rule:
 
     @property
     def name(self):
-        return f"{self.metric} is NaN" if self.op == "isnan" else f"{self.metric}{self.op}{self.param}"
+        """``fractionRPVs_estimatedTauR>maxRPVviolations``, ``nPeaks is NaN``."""
+        return criterion_name(self.metric, self.op, self.param)
+
+    @property
+    def short_name(self):
+        """``fraction RPVs``, ``# peaks is NaN``: as the column and the view say it."""
+        return criterion_name(self.short, self.op)
+
+
+def criterion_name(subject, op, param=None, sep=""):
+    """The one place a criterion's name is built: ``subject is NaN`` for the NaN test, else
+    ``subject<op><param>`` (``sep=" "``: ``subject > param``, which can wrap), or ``subject``
+    alone without ``param`` (a short name: the comparison follows it as numbers)."""
+    if op == "isnan":
+        return f"{subject} is NaN"
+    return subject if param is None else f"{subject}{sep}{op}{sep}{param}"
 
 
 RULES = (
@@ -491,6 +518,92 @@ def newer_version_note(names):
             f"{', '.join(unknown)}; reasons follow 0.94's rules and may differ")
 
 
+def read_cluster_tsv(path):
+    """A two-column ``cluster_id``/value TSV as {cluster_id: text}.  Ids may be written as floats
+    ("12.0"), as bombcell does.  Raises OSError or ValueError (UnicodeDecodeError included)."""
+    import csv
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f, delimiter="\t"))[1:]
+    return {int(float(row[0])): row[1] for row in rows if len(row) >= 2}
+
+
+def read_saved_labels(dataset_dir, columns, cluster_ids):
+    """bombcell's own label per unit: ``bc_unitType`` in the metrics parquet (bombcell >= 0.83),
+    else cluster_bc_unitType.tsv.  Returns (labels or None, source description)."""
+    if "bc_unitType" in columns:
+        labels = np.array([("" if v is None or v != v else str(v)) for v in columns["bc_unitType"]],
+                          dtype=object)  # None, or NaN from a CSV twin: no label
+        return labels, f"bc_unitType in {METRICS_FILE}"
+    tsv = dataset_dir / UNIT_TYPE_TSV
+    if not tsv.is_file():
+        return None, "not saved"
+    try:
+        saved = read_cluster_tsv(tsv)
+    except (OSError, ValueError) as e:
+        logger.warning("%s: unreadable (%s), saved labels ignored", tsv, e)
+        return None, "not saved"
+    labels = np.array([saved.get(int(c)) for c in cluster_ids], dtype=object)
+    return labels, UNIT_TYPE_TSV
+
+
+def phy_cluster_ids(dataset_dir):
+    """The cluster ids phy shows for a dataset (spike_clusters.npy, else spike_templates.npy),
+    or None when neither can be read."""
+    dataset_dir = dataset_path(dataset_dir)
+    for name in ("spike_clusters.npy", "spike_templates.npy"):
+        path = dataset_dir / name
+        if path.is_file():
+            try:
+                ids = np.load(path, mmap_mode="r").ravel()
+                # bincount, not unique: linear time on tens of millions of spikes
+                return np.flatnonzero(np.bincount(ids)) if ids.size else ids
+            except (OSError, ValueError, TypeError):
+                return None
+    return None
+
+
+SPIKE_FILES = ("spike_clusters.npy", "spike_templates.npy")  # what bombcell counts, in its order
+DUPLICATES_FILE = "spikes._bc_duplicateSpikes.npy"  # bombcell's removeDuplicateSpikes record
+
+
+def spike_counts(dataset_dir, bombcell_dir=None, remove_duplicates=False):
+    """(spikes per cluster id, file name) as bombcell counts them: ``np.bincount`` of
+    spike_clusters.npy (spike_templates.npy when absent), without the spikes bombcell marked as
+    duplicates where it saved them; (None, None) when neither file can be read.  bincount, not
+    unique: linear time on tens of millions of spikes."""
+    dataset_dir = dataset_path(dataset_dir)
+    for name in SPIKE_FILES:
+        path = dataset_dir / name
+        if not path.is_file():
+            continue
+        try:
+            ids = np.load(path, mmap_mode="r").ravel()
+            if ids.size and ids.min() < 0:
+                return None, None
+            if remove_duplicates:
+                folder = Path(bombcell_dir) if bombcell_dir else dataset_dir / BOMBCELL_DIRNAME
+                duplicates = np.load(folder / DUPLICATES_FILE, mmap_mode="r").ravel()
+                if len(duplicates) != len(ids):
+                    raise ValueError("not this spike file's")
+                ids = ids[np.asarray(duplicates) == 0]
+            return np.bincount(ids), name
+        except (OSError, ValueError, TypeError):
+            if remove_duplicates:  # no usable record of duplicates: count every spike
+                return spike_counts(dataset_dir)[0], name
+            return None, None
+    return None, None
+
+
+def _has_duplicates_record(dataset_dir, bombcell_dir, name):
+    folder = Path(bombcell_dir) if bombcell_dir else dataset_path(dataset_dir) / BOMBCELL_DIRNAME
+    try:
+        duplicates = np.load(folder / DUPLICATES_FILE, mmap_mode="r")
+        ids = np.load(dataset_path(dataset_dir) / name, mmap_mode="r")
+        return duplicates.size == ids.size
+    except (OSError, ValueError, TypeError):
+        return False
+
+
 # ------------------------------------------------------------------------------------------------
 # Evaluation: every rule on every unit at once
 # ------------------------------------------------------------------------------------------------
@@ -501,14 +614,22 @@ def rule_enabled(rule, params, flags=None):
     return all(flags[flag] == wanted for flag, wanted in rule.enabled_when)
 
 
+class Evaluation(NamedTuple):
+    """The rule table evaluated on every unit (``evaluate``)."""
+    values: np.ndarray      # (n_rules, n_units): each rule's metric value
+    thresholds: np.ndarray  # (n_rules,): each rule's threshold (NaN for isnan, or not a number)
+    status: np.ndarray      # (n_rules, n_units): index into STATUSES
+    fails: np.ndarray       # (n_rules, n_units): the rule fails and the failure counts
+    kept: np.ndarray        # (n_rules, n_units): a failure bombcell forgives (kept_when)
+    codes: np.ndarray       # (n_units,): bombcell's numeric unit type, NaN for empty units
+
+
 def evaluate(params, metrics):
-    """Evaluate the whole rule table, vectorised.
+    """Evaluate the whole rule table, vectorised: an ``Evaluation``.
 
     ``params``: complete parameters (see complete_params); ``metrics``: mapping of column name to
-    array, one entry per unit.  Returns (values, thresholds, status, fails, kept, codes) where
-    values/status/fails/kept are (n_rules, n_units) arrays, thresholds is (n_rules,), codes is
-    bombcell's numeric unit type (NaN for empty units).  Raises BombcellReasonError (one line
-    naming the parameter) where bombcell itself cannot classify with these parameters.
+    array, one entry per unit.  Raises BombcellReasonError (one line naming the parameter) where
+    bombcell itself cannot classify with these parameters.
     """
     n_units = len(np.asarray(metrics["nSpikes"]))
     n_rules = len(RULES)
@@ -546,7 +667,7 @@ def evaluate(params, metrics):
             status[i, fails[i]] = _FAIL
             status[i, kept[i]] = _KEPT
     codes = _unit_codes(params, np.asarray(metrics["nSpikes"], dtype=float), fails)
-    return values, thresholds, status, fails, kept, codes
+    return Evaluation(values, thresholds, status, fails, kept, codes)
 
 
 _STAGE = np.array([r.stage for r in RULES])
@@ -652,7 +773,7 @@ def criterion_text(rule, value, threshold):
     """``metric>param (value > threshold)``: the criterion by its full names, for notes and
     tooltips; numbers as ``comparison_numbers``."""
     if rule.op == "isnan":
-        return f"{rule.metric} is NaN"
+        return rule.name
     v, t = comparison_numbers(value, threshold)
     return f"{rule.name} ({v} {rule.op} {t})"
 
@@ -660,9 +781,9 @@ def criterion_text(rule, value, threshold):
 def short_criterion_text(rule, value, threshold):
     """``fraction RPVs 0.23 > 0.1``: the criterion as the column says it (short name first)."""
     if rule.op == "isnan":
-        return f"{rule.short} is NaN"
+        return rule.short_name
     v, t = comparison_numbers(value, threshold)
-    return f"{rule.short} {v} {rule.op} {t}"
+    return f"{rule.short_name} {v} {rule.op} {t}"
 
 
 def comparison_text(op, value, threshold, status):
@@ -699,8 +820,10 @@ class Classification:
         self.notes = list(notes)
         self.source_mtime = source_mtime
         self.source = source
-        (self.values, self.thresholds, self.status, self.fails, self.kept,
-         self.codes) = evaluate(params, metrics)
+        evaluation = evaluate(params, metrics)
+        self.values, self.thresholds = evaluation.values, evaluation.thresholds
+        self.status, self.fails, self.kept = evaluation.status, evaluation.fails, evaluation.kept
+        self.codes = evaluation.codes
         self.label = label_names(self.codes, self.split)
         self.decisive = decisive_mask(self.codes, self.fails)
         self.bombcell_label = (np.asarray(bombcell_label, dtype=object) if bombcell_label is not None
@@ -740,7 +863,7 @@ class Classification:
         # A unit whose RPV failure bombcell forgives (uncertain estimate, keepUncertainRPVUnits)
         # and that nothing else decides says so, rather than "passed all thresholds".
         kept = self.kept.any(axis=0) & (count == 0) & ~np.isnan(self.codes)
-        texts[kept] = [f"{RULES[i].short} kept (uncertain)"
+        texts[kept] = [f"{RULES[i].short_name} kept (uncertain)"
                        for i in np.argmax(self.kept[:, kept], axis=0)]
         labels = np.where(self.label == "", NO_LABEL, self.label).astype(object)
         reasons = labels + ": " + texts
@@ -793,8 +916,8 @@ class Classification:
                          "their metrics")
         nan_peaks = [i for i, r in enumerate(RULES) if r.op == "isnan" and fails[i]]
         if nan_peaks and code == NOISE:
-            notes.append("nPeaks is NaN: bombcell could not compute waveform metrics (units with "
-                         "fewer than 50 spikes get NaN metrics) and counts that as NOISE")
+            notes.append(f"{RULES[nan_peaks[0]].name}: bombcell could not compute waveform metrics "
+                         "(units with fewer than 50 spikes get NaN metrics) and counts that as NOISE")
         for i, rule in enumerate(RULES):
             if self.kept[i, unit]:
                 notes.append(f"{name[i]} would fail, but the RPV estimate is uncertain "
@@ -849,9 +972,11 @@ class Classification:
             out.append({
                 "stage": rule.stage + (f" {rule.route}" if rule.route else ""),
                 "metric": rule.metric, "op": rule.op, "param": rule.param,
+                "name": rule.name, "short": rule.short,
                 "threshold": _json_number(threshold if rule.op != "isnan" else None),
                 "value": _json_number(value), "status": status,
                 "margin": _json_number(margin),
+                "decisive": bool(self.decisive[i, unit]),
             })
         return out
 
@@ -890,20 +1015,12 @@ def _json_number(x):
     return x
 
 
-def _criterion_key(c):
-    return c["metric"], c["op"], c["param"]
-
-
 def ordered_criteria(info):
     """The criteria of ``Classification.explain`` in the order the view and the CLI list them:
     those deciding the label, then the other failing ones, then the rest (by STATUS_ORDER, any
-    status without an order last).  Returns [(criterion, decisive), ...]."""
-    decisive = {_criterion_key(c) for c in info["decisive"]}
-    rows = [(c, _criterion_key(c) in decisive) for c in info["criteria"]]
-    return sorted(rows, key=lambda r: (not r[1], STATUS_ORDER.get(r[0]["status"], len(STATUS_ORDER))))
-
-
-_SHORT_NAMES = {(r.metric, r.op, r.param): r.short for r in RULES}
+    status without an order last)."""
+    return sorted(info["criteria"], key=lambda c: (
+        not c["decisive"], STATUS_ORDER.get(c["status"], len(STATUS_ORDER))))
 
 
 def format_explanation(info):
@@ -915,16 +1032,14 @@ def format_explanation(info):
              f"{(saved or NO_LABEL) if saved is not None else 'not saved'}",
              f"    {'stage':13} {'name':18} {'criterion: fails when':57} {'value':>9} "
              f"{'threshold':>10} {'status':8} {'margin':>9}"]
-    for c, is_decisive in ordered_criteria(info):
-        mark = "*" if is_decisive else " "
-        crit = f"{c['metric']} is NaN" if c["op"] == "isnan" else f"{c['metric']}{c['op']}{c['param']}"
+    for c in ordered_criteria(info):
+        mark = "*" if c["decisive"] else " "
         if c["op"] == "isnan":
             value, threshold = format_number(_as_float(c["value"])), "-"
         else:
             value, threshold = comparison_numbers(c["value"], c["threshold"])
-        short = _SHORT_NAMES.get(_criterion_key(c), "")
-        lines.append(f"  {mark} {c['stage']:13} {short:18} {crit:57} {value:>9} {threshold:>10} "
-                     f"{c['status']:8} {_fmt_json(c['margin']):>9}")
+        lines.append(f"  {mark} {c['stage']:13} {c['short']:18} {c['name']:57} {value:>9} "
+                     f"{threshold:>10} {c['status']:8} {_fmt_json(c['margin']):>9}")
     lines.append("  * decides the label.  margin: distance on the passing side (negative: fails)")
     lines.extend(f"  note: {note}" for note in info["notes"])
     return "\n".join(lines)
@@ -932,34 +1047,6 @@ def format_explanation(info):
 
 def _fmt_json(x):
     return "-" if x is None else format_number(x)
-
-
-def read_cluster_tsv(path):
-    """A two-column ``cluster_id``/value TSV as {cluster_id: text}.  Ids may be written as floats
-    ("12.0"), as bombcell does.  Raises OSError or ValueError (UnicodeDecodeError included)."""
-    import csv
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.reader(f, delimiter="\t"))[1:]
-    return {int(float(row[0])): row[1] for row in rows if len(row) >= 2}
-
-
-def read_saved_labels(dataset_dir, columns, cluster_ids):
-    """bombcell's own label per unit: ``bc_unitType`` in the metrics parquet (bombcell >= 0.83),
-    else cluster_bc_unitType.tsv.  Returns (labels or None, source description)."""
-    if "bc_unitType" in columns:
-        labels = np.array([("" if v is None or v != v else str(v)) for v in columns["bc_unitType"]],
-                          dtype=object)  # None, or NaN from a CSV twin: no label
-        return labels, f"bc_unitType in {METRICS_FILE}"
-    tsv = dataset_dir / UNIT_TYPE_TSV
-    if not tsv.is_file():
-        return None, "not saved"
-    try:
-        saved = read_cluster_tsv(tsv)
-    except (OSError, ValueError) as e:
-        logger.warning("%s: unreadable (%s), saved labels ignored", tsv, e)
-        return None, "not saved"
-    labels = np.array([saved.get(int(c)) for c in cluster_ids], dtype=object)
-    return labels, UNIT_TYPE_TSV
 
 
 def classify_dataset(dataset_dir, bombcell_dir=None):
@@ -1075,33 +1162,6 @@ def write_reason_tsv(dataset_dir, reasons):
     return path
 
 
-def phy_cluster_ids(dataset_dir):
-    """The cluster ids phy shows for a dataset (spike_clusters.npy, else spike_templates.npy),
-    or None when neither can be read."""
-    dataset_dir = dataset_path(dataset_dir)
-    for name in ("spike_clusters.npy", "spike_templates.npy"):
-        path = dataset_dir / name
-        if path.is_file():
-            try:
-                ids = np.load(path, mmap_mode="r").ravel()
-                # bincount, not unique: linear time on tens of millions of spikes
-                return np.flatnonzero(np.bincount(ids)) if ids.size else ids
-            except (OSError, ValueError, TypeError):
-                return None
-    return None
-
-
-def unclassified_reason(cause):
-    return f"{UNCLASSIFIED}: {cause}"
-
-
-# The text for a cluster bombcell has no row for, when nothing more is known about it (the plugin
-# knows more: "merged from 12, 15 after bombcell ran", "split from 12 ...").
-NO_ROW_REASON = unclassified_reason("no bombcell row for this cluster; re-run bombcell")
-# Texts the plugin gives clusters made in phy after bombcell ran; kept through our own TSV.
-ORIGIN_PREFIXES = (f"{UNCLASSIFIED}: merged from ", f"{UNCLASSIFIED}: split from ")
-
-
 def recorded_origins(previous, classified):
     """From an earlier column ({cluster_id: text}), the merge/split texts of clusters bombcell has
     no row for: what the plugin recorded when they were made in phy after bombcell ran."""
@@ -1119,38 +1179,6 @@ def recorded_origins(previous, classified):
 def foreign_results_message(source, n_clusters):
     return (f"{source}: none of the dataset's {n_clusters} clusters has a bombcell row; these "
             f"results belong to another dataset, or re-run bombcell on this one")
-
-
-SPIKE_FILES = ("spike_clusters.npy", "spike_templates.npy")  # what bombcell counts, in its order
-DUPLICATES_FILE = "spikes._bc_duplicateSpikes.npy"  # bombcell's removeDuplicateSpikes record
-
-
-def spike_counts(dataset_dir, bombcell_dir=None, remove_duplicates=False):
-    """(spikes per cluster id, file name) as bombcell counts them: ``np.bincount`` of
-    spike_clusters.npy (spike_templates.npy when absent), without the spikes bombcell marked as
-    duplicates where it saved them; (None, None) when neither file can be read.  bincount, not
-    unique: linear time on tens of millions of spikes."""
-    dataset_dir = dataset_path(dataset_dir)
-    for name in SPIKE_FILES:
-        path = dataset_dir / name
-        if not path.is_file():
-            continue
-        try:
-            ids = np.load(path, mmap_mode="r").ravel()
-            if ids.size and ids.min() < 0:
-                return None, None
-            if remove_duplicates:
-                folder = Path(bombcell_dir) if bombcell_dir else dataset_dir / BOMBCELL_DIRNAME
-                duplicates = np.load(folder / DUPLICATES_FILE, mmap_mode="r").ravel()
-                if len(duplicates) != len(ids):
-                    raise ValueError("not this spike file's")
-                ids = ids[np.asarray(duplicates) == 0]
-            return np.bincount(ids), name
-        except (OSError, ValueError, TypeError):
-            if remove_duplicates:  # no usable record of duplicates: count every spike
-                return spike_counts(dataset_dir)[0], name
-            return None, None
-    return None, None
 
 
 def foreign_results_problem(result, dataset_dir, cluster_ids=None, bombcell_dir=None):
@@ -1196,16 +1224,6 @@ def foreign_results_problem(result, dataset_dir, cluster_ids=None, bombcell_dir=
             f"{int(untouched.sum())} clusters (cluster {int(ids[first])}: {format_number(saved[first])} "
             f"saved, {format_number(now[first])} now): these results belong to another sorting or "
             f"are stale (Kilosort ran again?); re-run bombcell on this dataset")
-
-
-def _has_duplicates_record(dataset_dir, bombcell_dir, name):
-    folder = Path(bombcell_dir) if bombcell_dir else dataset_path(dataset_dir) / BOMBCELL_DIRNAME
-    try:
-        duplicates = np.load(folder / DUPLICATES_FILE, mmap_mode="r")
-        ids = np.load(dataset_path(dataset_dir) / name, mmap_mode="r")
-        return duplicates.size == ids.size
-    except (OSError, ValueError, TypeError):
-        return False
 
 
 def dataset_reasons(dataset_dir, bombcell_dir=None):
@@ -1297,7 +1315,7 @@ def rules_markdown():
              "|---|---|---|---|---|"]
     for rule in RULES:
         stage = rule.stage + (f" {rule.route}" if rule.route else "")
-        test = f"`{rule.metric}` is NaN" if rule.op == "isnan" else f"`{rule.metric}` {rule.op} threshold"
+        test = criterion_name(f"`{rule.metric}`", rule.op, "threshold", sep=" ")
         enabled = " and ".join(f"{flag}" if want else f"not {flag}" for flag, want in rule.enabled_when)
         extras = []
         if rule.skipped_where_nan:
@@ -1314,6 +1332,16 @@ def rules_markdown():
 # ------------------------------------------------------------------------------------------------
 # Command line
 # ------------------------------------------------------------------------------------------------
+
+# Exit statuses, the same in every subcommand.
+EXIT_OK = 0
+EXIT_INPUT = 1  # a dataset could not be explained (missing, unreadable, foreign or stale results,
+#                 results bombcell itself cannot classify), or a cluster asked for does not exist
+EXIT_USAGE = 2  # the command line itself is wrong (argparse's status)
+EXIT_CODES = (f"exit status: {EXIT_OK} success; {EXIT_INPUT} a dataset could not be explained "
+              f"(one line on stderr says why and how to fix it) or a cluster asked for does not "
+              f"exist; {EXIT_USAGE} wrong command line")
+
 
 def _summary_line(result, notes):
     counts = ", ".join(f"{k} {v}" for k, v in label_counts(result.label).items())
@@ -1398,6 +1426,80 @@ def _cmd_rules(args):
     return 0
 
 
+# -- enabling the plugin in phy_config.py ----------------------------------------------------
+
+PLUGIN_NAME = "BombcellReasonPlugin"  # the class phy_config.py names
+_CONFIG_BEGIN = "# >>> phy-bc-reason >>>"
+_CONFIG_END = "# <<< phy-bc-reason <<<"
+
+
+def _config_block(module_name, module_dir):
+    return f"""{_CONFIG_BEGIN} (added by `phy-bc-reason install`; remove the block to disable)
+try:
+    try:
+        import {module_name}
+    except ImportError:
+        import sys as _bc_sys
+        _bc_sys.path.append(r"{module_dir}")
+        import {module_name}
+    {module_name}.{PLUGIN_NAME}  # creates and registers the phy plugin class
+except Exception as _bc_error:
+    import logging as _bc_logging
+    _bc_logging.getLogger("phy").warning("phy-bc-reason plugin not loaded: %s", _bc_error)
+else:
+    _bc_plugins = c.TemplateGUI.plugins
+    _bc_plugins = list(_bc_plugins) if isinstance(_bc_plugins, (list, tuple)) else []
+    if "{PLUGIN_NAME}" not in _bc_plugins:
+        c.TemplateGUI.plugins = _bc_plugins + ["{PLUGIN_NAME}"]
+{_CONFIG_END}
+"""
+
+
+def install_plugin(config_dir=None):
+    """Enable the plugin in phy's ``phy_config.py`` (``~/.phy`` unless ``config_dir``).
+
+    phy runs that file with traitlets (``phy.utils.config.load_master_config``) before it
+    attaches the plugins named in ``c.TemplateGUI.plugins``.  Adds (or refreshes) one marked block
+    at the end of the file, after backing the old file up as ``phy_config.py.bak``; creates the
+    file (with phy's default content) if missing.  Idempotent.  Returns a one-line message.
+    """
+    config_dir = Path(config_dir).expanduser() if config_dir else Path.home() / ".phy"
+    path = config_dir / "phy_config.py"
+    module_name = __name__ if __name__ != "__main__" else Path(__file__).stem
+    block = _config_block(module_name, Path(__file__).resolve().parent)
+    try:
+        old = path.read_text(encoding="utf-8") if path.exists() else None
+    except (OSError, UnicodeDecodeError) as e:
+        raise BombcellReasonError(f"{path}: cannot be read ({e}); fix or remove it, then run "
+                                  f"`phy-bc-reason install` again") from None
+    if old is None:
+        # What phy writes when it creates the file (phy.utils.config._default_config).
+        base = ("# You can also put your plugins in ~/.phy/plugins/.\n\n"
+                "from phy import IPlugin\n\n"
+                "c = get_config()\n"
+                f"c.Plugins.dirs = [r'{config_dir / 'plugins'}']\n")
+    else:
+        base = old
+        start, end = old.find(_CONFIG_BEGIN), old.find(_CONFIG_END)
+        if start >= 0 and end > start:
+            base = old[:start] + old[end + len(_CONFIG_END):].lstrip("\n")
+    new = base.rstrip("\n") + "\n\n" + block
+    if new == old:
+        return f"{PLUGIN_NAME} already enabled in {path}"
+    try:
+        config_dir.mkdir(parents=True, exist_ok=True)
+        if old is not None:
+            (config_dir / "phy_config.py.bak").write_text(old, encoding="utf-8")
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(new, encoding="utf-8")
+        tmp.replace(path)
+    except OSError as e:
+        raise BombcellReasonError(f"{path}: cannot be written ({e.strerror or e}); check the "
+                                  f"folder's permissions") from None
+    backup = f" (backup: {path.name}.bak)" if old is not None else ""
+    return f"enabled {PLUGIN_NAME} in {path}{backup}; restart phy to use it"
+
+
 def _cmd_install(args):
     print(install_plugin(args.config_dir))
     return 0
@@ -1422,16 +1524,6 @@ def _run_demo(argv):
               "pip install 'phy-bc-reason[demo]'", file=sys.stderr)
         return EXIT_INPUT
     return phy_bc_reason_demo.main(argv, prog="phy-bc-reason demo")
-
-
-# Exit statuses, the same in every subcommand.
-EXIT_OK = 0
-EXIT_INPUT = 1  # a dataset could not be explained (missing, unreadable, foreign or stale results,
-#                 results bombcell itself cannot classify), or a cluster asked for does not exist
-EXIT_USAGE = 2  # the command line itself is wrong (argparse's status)
-EXIT_CODES = (f"exit status: {EXIT_OK} success; {EXIT_INPUT} a dataset could not be explained "
-              f"(one line on stderr says why and how to fix it) or a cluster asked for does not "
-              f"exist; {EXIT_USAGE} wrong command line")
 
 
 def build_parser():
@@ -1560,7 +1652,6 @@ def main(argv=None):
 # the "phy" logger (phy.log + status bar).
 # Every function phy calls is wrapped: an exception is logged and shown, never raised into phy.
 
-PLUGIN_NAME = "BombcellReasonPlugin"
 VIEW_NAME = "BombcellReasonView"
 UNIT_TYPE_COLUMN = "bc_unitType"
 N_FAILING_COLUMN = "bc_nFailing"
@@ -1602,6 +1693,9 @@ def split_reason(parents, label_of=lambda c: "?"):
 NO_RESULTS_REASON = "no bombcell results"
 UNUSABLE_RESULTS_REASON = unclassified_reason("bombcell results unusable")
 FOREIGN_RESULTS_REASON = unclassified_reason("bombcell results of another sorting")
+
+# The dock view shows up to this many selected clusters side by side; more are counted, not shown.
+_MAX_CLUSTERS_IN_VIEW = 4
 
 
 def _report_exception(what, error, gui=None):
@@ -1832,7 +1926,6 @@ th { color: #aaa; text-align: left; font-weight: normal; }
 .v { text-align: right; white-space: nowrap; font-size: 8pt; }
 .head { color: #9cf; font-weight: bold; padding-top: 6px; }
 """
-_MAX_CLUSTERS_IN_VIEW = 4  # side by side; more selected clusters are counted, not shown
 
 
 def _esc(text):
@@ -1860,9 +1953,7 @@ def _row_style(status, decisive):
 
 def _full_name(c):
     """``fractionRPVs_estimatedTauR > maxRPVviolations`` (spaces let it wrap)."""
-    if c["op"] == "isnan":
-        return f"{c['metric']} is NaN"
-    return f"{c['metric']} {c['op']} {c['param']}"
+    return criterion_name(c["metric"], c["op"], c["param"], sep=" ")
 
 
 def _stage_text(stage):
@@ -1883,7 +1974,8 @@ def _explanation_html(info):
     heads = {"decisive": "decides the label", "fail": "also fails, does not decide the label",
              "rest": "the other criteria"}
     current = None
-    for c, decisive in ordered_criteria(info):
+    for c in ordered_criteria(info):
+        decisive = c["decisive"]
         # A status other than fail (e.g. a failure bombcell keeps) goes with the rest, in its
         # own colour and with its name.
         group = "decisive" if decisive else ("fail" if c["status"] == "fail" else "rest")
@@ -1892,7 +1984,7 @@ def _explanation_html(info):
             current = group
         style = _row_style(c["status"], decisive)
         mark = "&#9733;" if decisive else ""
-        name = _esc(_SHORT_NAMES[_criterion_key(c)] + (" is NaN" if c["op"] == "isnan" else ""))
+        name = _esc(criterion_name(c["short"], c["op"]))
         name = f"<b>{name}</b>" if group != "rest" else name
         compare = _esc(comparison_text(c["op"], c["value"], c["threshold"], c["status"]))
         status = "" if c["status"] in _STATUS_STYLES else f" {_esc(c['status'])}"
@@ -1915,39 +2007,38 @@ def _comparison_html(cluster_ids, infos, reasons, n_more):
     """2-4 clusters side by side: one column per cluster; for every criterion that fails in any
     of them (deciding ones first), a title line (short name and threshold) across the columns,
     then each cluster's value; then each cluster's reason.  Narrow: no name column."""
-    rows = {}  # criterion key -> decides the label of any of the clusters
+    rows = {}  # criterion name -> decides the label of any of the clusters
     for info in infos:
-        for c, decisive in ordered_criteria(info) if info else ():
+        for c in info["criteria"] if info else ():
             if c["status"] not in ("pass", "nan", "disabled"):
-                key = _criterion_key(c)
-                rows[key] = rows.get(key, False) or decisive
-    keys = list(_SHORT_NAMES)
-    order = sorted(rows, key=lambda k: (not rows[k], keys.index(k)))
+                rows[c["name"]] = rows.get(c["name"], False) or c["decisive"]
+    names = [r.name for r in RULES]
+    order = sorted(rows, key=lambda name: (not rows[name], names.index(name)))
     n = len(cluster_ids)
     colors = [_label_color(i["label"] if i else UNCLASSIFIED) for i in infos]
     # Cluster ids coloured by label; the labels themselves open each reason below.
     out = ["<table width='98%' cellspacing='0'><tr>" + "".join(
         f"<th class='v' style='color:{col}'>{c}</th>" for c, col in zip(cluster_ids, colors))
         + "</tr>"]
-    for key in order:
-        metric, op, _ = key
+    for name in order:
+        rule = RULES[names.index(name)]
+        metric, op = rule.metric, rule.op
         thresholds, cells = [], []
         for info in infos:
-            c = next((c for c in info["criteria"] if _criterion_key(c) == key), None) if info else None
+            c = next((c for c in info["criteria"] if c["name"] == name), None) if info else None
             if c is None:
                 cells.append("<td class='v dim'>&ndash;</td>")
                 continue
-            decisive = any(_criterion_key(d) == key for d in info["decisive"])
             if op == "isnan":
                 value = format_number(_as_float(c["value"]))
             else:
                 value, threshold = comparison_numbers(c["value"], c["threshold"])
                 thresholds.append(threshold)
-            cells.append(f"<td class='v' style='{_row_style(c['status'], decisive)}'>"
+            cells.append(f"<td class='v' style='{_row_style(c['status'], c['decisive'])}'>"
                          f"{_esc(value)}</td>")
-        limit = "is NaN" if op == "isnan" else f"{op} {max(thresholds, key=len)}"
-        out.append(f"<tr><td colspan='{n}' class='head'>{_esc(_SHORT_NAMES[key])} "
-                   f"<br><span class='full'>{_esc(metric)} {_esc(limit)}</span></td></tr>"
+        full = criterion_name(metric, op, None if op == "isnan" else max(thresholds, key=len), " ")
+        out.append(f"<tr><td colspan='{n}' class='head'>{_esc(rule.short)} "
+                   f"<br><span class='full'>{_esc(full)}</span></td></tr>"
                    f"<tr>{''.join(cells)}</tr>")
     out.append("</table>")
     out.append("<p class='dim'>" + ("No criterion fails for these clusters." if not order else
@@ -1980,6 +2071,15 @@ def _problem_html(error, no_results):
         return f"<h3>No bombcell results</h3><p class='dim'>{_esc(error)}</p>{run}"
     return (f"<h3 style='color:{_label_color(UNCLASSIFIED)}'>bombcell results unusable</h3>"
             f"<p>{_esc(error)}</p>{run}")
+
+
+# Widths (px) of the cluster view and of the reason view on the first open: the cluster view
+# shows id, the reason, fr and n_spikes; the reason view's HTML fits ~230 px and more.  Qt
+# stops short of these (the views between reach their minimum widths): ~520 and ~260 px.
+FIRST_OPEN_WIDTHS = (580, 270)
+FIRST_OPEN_SIZING_SECONDS = 5
+# Not Alt+B (the Bombcell menu's mnemonic) nor any of phy's own shortcuts.
+SHOW_CRITERIA_SHORTCUT = "ctrl+alt+b"
 
 
 # -- the plugin -------------------------------------------------------------------------------
@@ -2419,15 +2519,6 @@ class _PluginLogic:
         self.set_raw_metrics_shown(self._raw_metric_columns if show else [])
 
 
-# Widths (px) of the cluster view and of the reason view on the first open: the cluster view
-# shows id, the reason, fr and n_spikes; the reason view's HTML fits ~230 px and more.  Qt
-# stops short of these (the views between reach their minimum widths): ~520 and ~260 px.
-FIRST_OPEN_WIDTHS = (580, 270)
-FIRST_OPEN_SIZING_SECONDS = 5
-# Not Alt+B (the Bombcell menu's mnemonic) nor any of phy's own shortcuts.
-SHOW_CRITERIA_SHORTCUT = "ctrl+alt+b"
-
-
 def changes_text(old, new, cluster_ids, limit=6):
     """What a reload changed: ``3 units changed label: 12 MUA->GOOD, ...; 5 reasons changed``."""
     changed = [(c, old.label_of(c), new.label_of(c)) for c in (int(c) for c in cluster_ids)
@@ -2625,79 +2716,6 @@ def __getattr__(name):  # PEP 562: the phy classes on first use, without importi
         _define_phy_classes()
         return sys.modules[__name__].__dict__[name]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-# -- enabling the plugin ----------------------------------------------------------------------
-
-_CONFIG_BEGIN = "# >>> phy-bc-reason >>>"
-_CONFIG_END = "# <<< phy-bc-reason <<<"
-
-
-def _config_block(module_name, module_dir):
-    return f"""{_CONFIG_BEGIN} (added by `phy-bc-reason install`; remove the block to disable)
-try:
-    try:
-        import {module_name}
-    except ImportError:
-        import sys as _bc_sys
-        _bc_sys.path.append(r"{module_dir}")
-        import {module_name}
-    {module_name}.{PLUGIN_NAME}  # creates and registers the phy plugin class
-except Exception as _bc_error:
-    import logging as _bc_logging
-    _bc_logging.getLogger("phy").warning("phy-bc-reason plugin not loaded: %s", _bc_error)
-else:
-    _bc_plugins = c.TemplateGUI.plugins
-    _bc_plugins = list(_bc_plugins) if isinstance(_bc_plugins, (list, tuple)) else []
-    if "{PLUGIN_NAME}" not in _bc_plugins:
-        c.TemplateGUI.plugins = _bc_plugins + ["{PLUGIN_NAME}"]
-{_CONFIG_END}
-"""
-
-
-def install_plugin(config_dir=None):
-    """Enable the plugin in phy's ``phy_config.py`` (``~/.phy`` unless ``config_dir``).
-
-    phy runs that file with traitlets (``phy.utils.config.load_master_config``) before it
-    attaches the plugins named in ``c.TemplateGUI.plugins``.  Adds (or refreshes) one marked block
-    at the end of the file, after backing the old file up as ``phy_config.py.bak``; creates the
-    file (with phy's default content) if missing.  Idempotent.  Returns a one-line message.
-    """
-    config_dir = Path(config_dir).expanduser() if config_dir else Path.home() / ".phy"
-    path = config_dir / "phy_config.py"
-    module_name = __name__ if __name__ != "__main__" else Path(__file__).stem
-    block = _config_block(module_name, Path(__file__).resolve().parent)
-    try:
-        old = path.read_text(encoding="utf-8") if path.exists() else None
-    except (OSError, UnicodeDecodeError) as e:
-        raise BombcellReasonError(f"{path}: cannot be read ({e}); fix or remove it, then run "
-                                  f"`phy-bc-reason install` again") from None
-    if old is None:
-        # What phy writes when it creates the file (phy.utils.config._default_config).
-        base = ("# You can also put your plugins in ~/.phy/plugins/.\n\n"
-                "from phy import IPlugin\n\n"
-                "c = get_config()\n"
-                f"c.Plugins.dirs = [r'{config_dir / 'plugins'}']\n")
-    else:
-        base = old
-        start, end = old.find(_CONFIG_BEGIN), old.find(_CONFIG_END)
-        if start >= 0 and end > start:
-            base = old[:start] + old[end + len(_CONFIG_END):].lstrip("\n")
-    new = base.rstrip("\n") + "\n\n" + block
-    if new == old:
-        return f"{PLUGIN_NAME} already enabled in {path}"
-    try:
-        config_dir.mkdir(parents=True, exist_ok=True)
-        if old is not None:
-            (config_dir / "phy_config.py.bak").write_text(old, encoding="utf-8")
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(new, encoding="utf-8")
-        tmp.replace(path)
-    except OSError as e:
-        raise BombcellReasonError(f"{path}: cannot be written ({e.strerror or e}); check the "
-                                  f"folder's permissions") from None
-    backup = f" (backup: {path.name}.bak)" if old is not None else ""
-    return f"enabled {PLUGIN_NAME} in {path}{backup}; restart phy to use it"
 
 
 # phy is already imported when phy itself loads this module (phy_config.py, a plugin folder):

@@ -151,11 +151,12 @@ def test_explain_json(dataset, capsys):
                             "decisive", "notes"}
         assert len(obj["criteria"]) == len(pr.RULES)
         for c in obj["criteria"]:
-            assert set(c) == {"stage", "metric", "op", "param", "threshold", "value", "status",
-                              "margin"}
+            assert set(c) == {"stage", "metric", "op", "param", "name", "short", "threshold",
+                              "value", "status", "margin", "decisive"}
             assert c["op"] in (">", "<", "isnan") and c["status"] in pr.STATUSES
             assert (c["param"] is None) == (c["op"] == "isnan")
         assert all(c["status"] == "fail" for c in obj["decisive"])
+        assert obj["decisive"] == [c for c in obj["criteria"] if c["decisive"]]
         assert obj["reason"] == result.reason[result.row(obj["cluster_id"])]
         assert bool(obj["decisive"]) == (obj["label"] not in ("", "GOOD"))
 
@@ -617,3 +618,11 @@ def test_flag_saved_as_nan_or_null_read_as_bombcell_reads_the_file(tmp_path, fla
             pr.classify_dataset(tmp_path)
     else:
         assert pr.classify_dataset(tmp_path).label.tolist() == list(expected)
+
+
+def test_demo_command_in_a_drop_in_copy_says_what_is_missing(monkeypatch, capsys):
+    """A drop-in copy of the plugin file has no demo module: ``demo`` says so, in one line."""
+    monkeypatch.setitem(sys.modules, "phy_bc_reason_demo", None)  # import raises ImportError
+    assert run_cli("demo", "--help") == pr.EXIT_INPUT
+    err = capsys.readouterr().err
+    assert "the demo needs phy_bc_reason_demo.py" in err and "drop-in file" in err

@@ -242,7 +242,7 @@ def test_view_follows_the_selection(phy, dataset):
     assert info["reason"] in text
     assert "bombcell's saved label" in text
     for criterion in info["criteria"]:  # every criterion by its short name
-        assert pr._SHORT_NAMES[pr._criterion_key(criterion)] in text
+        assert criterion["short"] in text
     for criterion in info["criteria"]:  # failing ones with their full names, value, threshold
         if criterion["status"] == "fail":
             assert f"{criterion['metric']} {criterion['op']} {criterion['param']}" in text
@@ -264,8 +264,8 @@ def plugin_reason(controller, cluster_id):
 
 
 def _row_order(html, info):
-    """Positions of the criteria's rows in the view's HTML, by criterion key."""
-    return {pr._criterion_key(c): html.find(f"{escape(pr._full_name(c), quote=False)} &middot;")
+    """Positions of the criteria's rows in the view's HTML, by criterion name."""
+    return {c["name"]: html.find(f"{escape(pr._full_name(c), quote=False)} &middot;")
             for c in info["criteria"]}
 
 
@@ -282,8 +282,8 @@ def test_view_orders_deciding_first_and_only_they_are_red(kind, dataset):
         info = result.explain(cluster_id)
         html = book.html([cluster_id])
         pos = _row_order(html, info)
-        decisive = [pos[pr._criterion_key(c)] for c in info["decisive"]]
-        other_fails = [pos[pr._criterion_key(c)] for c in info["criteria"]
+        decisive = [pos[c["name"]] for c in info["decisive"]]
+        other_fails = [pos[c["name"]] for c in info["criteria"]
                        if c["status"] == "fail" and c not in info["decisive"]]
         assert all(p > 0 for p in decisive + other_fails)
         assert max(decisive, default=0) < min(other_fails)

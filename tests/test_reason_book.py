@@ -1,0 +1,289 @@
+"""The plugin's bookkeeping without phy: ``ReasonBook`` (merges, splits, undo/redo, origins kept
+through the TSV, reload) and the check for results of another dataset or sorting, on small
+generated datasets (a spike file and bombcell's files).  Fast, so that mutation testing can run
+them for every mutant; the real phy GUI runs the same paths in test_phy_plugin.py and
+test_foreign_results.py."""
+import numpy as np
+import pytest
+
+import phy_bc_reason_plugin as pr
+from bombcell_tables import write_results
+from test_reason_texts import PARAMS, PASSING
+
+# Clusters 0-4: GOOD, MUA (RPVs), NOISE (troughs), GOOD, MUA (# spikes 250).
+UNITS = [{}, dict(fractionRPVs_estimatedTauR=0.5), dict(nTroughs=3), {}, {}]
+N_SPIKES = [1000, 1000, 1000, 1000, 250]
+MERGED = "UNCLASSIFIED: merged from 0 (GOOD), 1 (MUA); re-run bombcell"
+
+
+def _metrics(units=UNITS, n_spikes=N_SPIKES):
+    rows = [dict(PASSING, **u, nSpikes=n) for u, n in zip(units, n_spikes)]  # 250: MUA
+    return {k: [r[k] for r in rows] for k in PASSING}
+
+
+def _classification(cluster_ids=(0, 1, 2, 3, 4)):
+    metrics = {k: np.asarray(v, dtype=float) for k, v in _metrics().items()}
+    return pr.Classification(PARAMS, metrics, list(cluster_ids))
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    """bombcell's files for clusters 0-4 and a spike file that matches their nSpikes."""
+    write_results(tmp_path, params=PARAMS, metrics=_metrics())
+    np.save(tmp_path / "spike_clusters.npy", np.repeat(np.arange(5), N_SPIKES).astype(np.int32))
+    return tmp_path
+
+
+def _merge(book, parents, new):
+    book.record({"description": "merge", "history": None, "added": [new],
+                 "descendants": [(p, new) for p in parents]})
+
+
+# -- reasons, labels, counts ----------------------------------------------------------------------
+
+def test_reasons_labels_and_counts_of_classified_clusters():
+    book = pr.ReasonBook(_classification())
+    assert book.ok and book.error is None
+    assert book.reasons([0, 1, 2]) == {0: "GOOD: passed all thresholds",
+                                       1: "MUA: fraction RPVs 0.5 > 0.1",
+                                       2: "NOISE: # troughs 3 > 1"}
+    assert [book.label_of(c) for c in range(5)] == ["GOOD", "MUA", "NOISE", "GOOD", "MUA"]
+    assert book.label_of(99) == pr.UNCLASSIFIED
+    assert [book.n_failing(c) for c in range(5)] == [0, 1, 1, 0, 1]
+    assert book.n_failing(99) is None
+    assert book.reason(99) == pr.NO_ROW_REASON
+    assert book.full_reason(1) == ("MUA: fractionRPVs_estimatedTauR>maxRPVviolations (0.5 > 0.1)")
+    assert book.full_reason(99) == pr.NO_ROW_REASON
+    assert book.source_mtime == 0.0
+    assert {"nPeaks", "RPV_status", "silhouetteScore"} <= book.metric_columns()
+
+
+def test_a_book_without_results_says_so_everywhere():
+    book = pr.ReasonBook(error="no bombcell folder")
+    assert not book.ok and book.source_mtime is None
+    assert book.reason(0) == pr.UNUSABLE_RESULTS_REASON
+    book.no_results = True
+    assert book.reason(0) == pr.NO_RESULTS_REASON
+    assert book.label_of(0) == pr.UNCLASSIFIED and book.n_failing(0) is None
+    assert book.full_reason(0) == "UNCLASSIFIED: no bombcell folder"
+    assert book.info(0) is None
+    assert "no bombcell folder" in book.html([0]) and "No bombcell results" in book.html([0])
+    assert "nPeaks" in book.metric_columns()
+
+
+def test_load_turns_every_failure_into_the_books_error(tmp_path):
+    book = pr.ReasonBook.load(tmp_path)
+    assert not book.ok and "no bombcell results folder" in book.error
+    assert "\n" not in book.error
+    (tmp_path / "bombcell").mkdir()
+    (tmp_path / "bombcell" / pr.PARAMS_FILE).write_bytes(b"not parquet")
+    book = pr.ReasonBook.load(tmp_path)
+    assert not book.ok and "cannot be read" in book.error and pr.PARAMS_FILE in book.error
+
+
+def test_load_reads_the_dataset_and_keeps_recorded_origins(dataset):
+    previous = {7: MERGED, 1: "UNCLASSIFIED: merged from 8, 9; re-run bombcell"}
+    book = pr.ReasonBook.load(dataset, previous=previous)
+    assert book.ok and book.dataset_dir == dataset
+    assert book.reason(7) == MERGED
+    assert book.reason(1) == "MUA: fraction RPVs 0.5 > 0.1"  # bombcell's row wins
+    assert book.source_mtime > 0
+
+
+# -- merges, splits, undo, redo -------------------------------------------------------------------
+
+def test_merge_and_split_name_their_parents_with_their_labels():
+    book = pr.ReasonBook(_classification())
+    _merge(book, [1, 0], 5)
+    assert book.reason(5) == MERGED
+    assert book.label_of(5) == pr.UNCLASSIFIED and book.n_failing(5) is None
+    book.record({"description": "split", "history": None, "added": [6, 7],
+                 "descendants": [(2, 6), (2, 7)]})
+    assert book.reason(6) == book.reason(7) == \
+        "UNCLASSIFIED: split from 2 (NOISE); re-run bombcell"
+    _merge(book, [5, 3], 8)  # a merge of a merge: its parent has no label
+    assert book.reason(8) == "UNCLASSIFIED: merged from 3 (GOOD), 5 (UNCLASSIFIED); re-run bombcell"
+    assert book.full_reason(8) == book.reason(8)
+    assert book.reasons([0, 5, 8])[5] == MERGED
+
+
+def test_undo_is_ignored_and_redo_keeps_what_was_learnt():
+    book = pr.ReasonBook(_classification())
+    _merge(book, [0, 1], 5)
+    book.record({"description": "merge", "history": "undo", "added": [0, 1],
+                 "descendants": [(5, 0), (5, 1)]})
+    assert book.reason(0) == "GOOD: passed all thresholds" and book.reason(5) == MERGED
+    book.record({"description": "merge", "history": "redo", "added": [5],
+                 "descendants": [(3, 5)]})  # whatever a redo reports: the first text stays
+    assert book.reason(5) == MERGED
+    book.record({"description": "merge", "history": None, "added": [9], "descendants": []})
+    assert book.reason(9) == pr.NO_ROW_REASON  # no parents known: nothing recorded
+    book.record({"description": "merge", "history": None, "added": [],
+                 "descendants": [(0, 10)]})
+    assert book.reason(10) == pr.NO_ROW_REASON
+    book.record({"description": "merge", "history": None, "added": [3],
+                 "descendants": [(0, 3), (3, 3)]})
+    assert book.reason(3) == "GOOD: passed all thresholds"  # bombcell's row is never replaced
+    book.record({"description": "merge", "history": None, "added": [11],
+                 "descendants": [(11, 11)]})
+    assert book.reason(11) == pr.NO_ROW_REASON  # a cluster is not its own parent
+
+
+def test_a_new_action_replaces_the_text_of_an_id_and_its_cached_view():
+    book = pr.ReasonBook(_classification())
+    _merge(book, [0, 1], 5)
+    assert "merged from 0 (GOOD), 1 (MUA)" in book.html([5])
+    book.record({"description": "split", "history": None, "added": [5],
+                 "descendants": [(3, 5)]})
+    assert book.reason(5) == "UNCLASSIFIED: split from 3 (GOOD); re-run bombcell"
+    assert "split from 3 (GOOD)" in book.html([5]) and "merged from" not in book.html([5])
+
+
+def test_origins_survive_a_reload_and_are_pruned_when_gone():
+    old = pr.ReasonBook(_classification(), previous={20: MERGED, 21: MERGED.replace("0 (", "4 (")})
+    _merge(old, [0, 1], 5)
+    new = pr.ReasonBook(_classification(cluster_ids=(0, 1, 2, 3, 5)))  # 5 now has a row
+    new.adopt_origins(old)
+    assert new.reason(5) == "MUA: # spikes 250 < 300"
+    assert new.reason(20) == MERGED
+    new._origin[20] = "kept"
+    new.adopt_origins(old)
+    assert new.reason(20) == "kept"  # adopting never overwrites
+    new.check_clusters([0, 1, 2, 3, 5, 21], prune=True)
+    assert new.reason(20) == pr.NO_ROW_REASON and new.reason(21) != pr.NO_ROW_REASON
+    assert new.ok
+
+
+def test_recorded_origins_keep_only_merge_and_split_texts_of_unknown_clusters():
+    previous = {"7": MERGED, 8: "UNCLASSIFIED: split from 1 (MUA); re-run bombcell",
+                9: "MUA: an old reason", 1: MERGED, "x": MERGED, 10: None, 11: 3.0}
+    assert pr.recorded_origins(previous, {1: "MUA: ..."}) == {
+        7: MERGED, 8: "UNCLASSIFIED: split from 1 (MUA); re-run bombcell"}
+    assert pr.recorded_origins(None, {}) == {}
+
+
+# -- the dock view ---------------------------------------------------------------------------------
+
+def test_view_one_cluster_several_and_none():
+    book = pr.ReasonBook(_classification())
+    assert "Select a cluster" in book.html([])
+    one = book.html([1])
+    assert "cluster 1" in one and "MUA: fraction RPVs 0.5 &gt; 0.1" in one
+    assert book.html([1]) is not None and book._html[1] in one  # cached
+    assert book.info(1) is book.info(1) and book.info(99) is None
+    several = book.html([0, 1, 2, 3, 4, 99])
+    assert "+2 more selected clusters not shown" in several
+    assert all(f"<b>{c}</b>" in several for c in (0, 1, 2, 3)) and "<b>4</b>" not in several
+    assert "UNCLASSIFIED" in book.html([99])
+
+
+# -- results of another dataset or sorting --------------------------------------------------------
+
+def test_results_of_another_dataset_inside_phy_without_spike_files():
+    book = pr.ReasonBook(_classification())
+    book.check_clusters([0, 1, 99])
+    assert book.ok
+    book.check_clusters([])
+    assert book.ok
+    book.check_clusters([50, 51])
+    assert not book.ok and book.foreign
+    assert book.reason(0) == pr.FOREIGN_RESULTS_REASON
+    assert "none of the dataset's 2 clusters has a bombcell row" in book.error
+    assert book.full_reason(0).startswith("UNCLASSIFIED: ")
+    assert "another dataset" in book.html([0])
+
+
+def test_a_matching_spike_file_is_not_foreign(dataset):
+    book = pr.ReasonBook.load(dataset)
+    book.check_clusters(range(5))
+    assert book.ok and not book.foreign
+    assert pr.foreign_results_problem(book.classification, dataset) is None
+
+
+def test_a_book_that_cannot_check_stays_as_it_is():
+    book = pr.ReasonBook(error="broken")
+    book.check_clusters([50])
+    assert not book.foreign and book.error == "broken"
+
+
+def test_another_sortings_spike_counts_are_refused(dataset):
+    np.save(dataset / "spike_clusters.npy", np.repeat(np.arange(5), [1000, 999, 1000, 1000, 250]))
+    book = pr.ReasonBook.load(dataset)
+    html_before = book.html([0])
+    book.check_clusters(range(5))
+    assert book.foreign and book.reason(0) == pr.FOREIGN_RESULTS_REASON
+    assert book.html([0]) != html_before
+    assert book.error == (
+        f"{dataset / 'bombcell'}: bombcell's nSpikes disagrees with spike_clusters.npy for 1 of 5 "
+        f"clusters (cluster 1: 1000 saved, 999 now): these results belong to another sorting or "
+        f"are stale (Kilosort ran again?); re-run bombcell on this dataset")
+    with pytest.raises(pr.BombcellReasonError, match="nSpikes disagrees"):
+        pr.dataset_reasons(dataset)
+
+
+def test_curation_is_not_a_foreign_sorting(dataset):
+    # 0 and 1 merged into 5, 2 split into 6 and 7: their ids vanish, new ones appear.
+    spikes = np.load(dataset / "spike_clusters.npy")
+    spikes[np.isin(spikes, (0, 1))] = 5
+    twos = np.flatnonzero(spikes == 2)
+    spikes[twos[:400]], spikes[twos[400:]] = 6, 7
+    np.save(dataset / "spike_clusters.npy", spikes)
+    book = pr.ReasonBook.load(dataset)
+    book.check_clusters([3, 4, 5, 6, 7])
+    assert book.ok
+    # Only clusters made after bombcell ran: none has a row, so not this dataset's results.
+    assert "none of the dataset's 3 clusters" in pr.foreign_results_problem(
+        book.classification, dataset, [5, 6, 7])
+
+
+def test_spike_templates_alone_cannot_lose_a_cluster(dataset):
+    spikes = np.load(dataset / "spike_clusters.npy")
+    (dataset / "spike_clusters.npy").unlink()
+    np.save(dataset / "spike_templates.npy", spikes)
+    result = pr.classify_dataset(dataset)
+    assert pr.foreign_results_problem(result, dataset) is None
+    np.save(dataset / "spike_templates.npy", spikes[spikes != 3])  # template 3 lost its spikes
+    assert "for 1 of 4 clusters (cluster 3: 1000 saved, 0 now)" in \
+        pr.foreign_results_problem(result, dataset)
+
+
+def test_duplicate_spikes_bombcell_removed(dataset):
+    """With removeDuplicateSpikes bombcell counted without duplicates: exact where it saved
+    which spikes those were, else at most the spike file's count."""
+    params = dict(PARAMS, removeDuplicateSpikes=True)
+    metrics = _metrics(n_spikes=[990, 1000, 1000, 1000, 250])  # 10 duplicates removed from 0
+    write_results(dataset, params=params, metrics=metrics)
+    result = pr.classify_dataset(dataset)
+    assert pr.foreign_results_problem(result, dataset) is None  # no record: at most
+    spikes = np.load(dataset / "spike_clusters.npy")
+    duplicates = np.zeros(len(spikes), dtype=np.int8)
+    duplicates[:10] = 1  # the first ten spikes of cluster 0
+    np.save(dataset / "bombcell" / pr.DUPLICATES_FILE, duplicates)
+    assert pr.foreign_results_problem(result, dataset) is None  # exact, and right
+    duplicates[:10], duplicates[1000:1011] = 0, 1  # eleven of cluster 1's instead
+    np.save(dataset / "bombcell" / pr.DUPLICATES_FILE, duplicates)
+    assert "for 2 of 5 clusters (cluster 0: 990 saved, 1000 now)" in \
+        pr.foreign_results_problem(result, dataset)
+    np.save(dataset / "bombcell" / pr.DUPLICATES_FILE, duplicates[:-1])  # another spike file's
+    assert pr.foreign_results_problem(result, dataset) is None  # no usable record: at most
+    write_results(dataset, params=params, metrics=_metrics(n_spikes=[1001, 1000, 1000, 1000, 250]))
+    assert "cluster 0: 1001 saved, 1000 now" in pr.foreign_results_problem(
+        pr.classify_dataset(dataset), dataset)
+
+
+def test_spike_counts_as_bombcell_counts_them(dataset):
+    counts, name = pr.spike_counts(dataset)
+    assert name == "spike_clusters.npy" and counts.tolist() == N_SPIKES
+    np.save(dataset / "spike_clusters.npy", np.array([0, -1, 2]))
+    assert pr.spike_counts(dataset) == (None, None)
+    (dataset / "spike_clusters.npy").write_bytes(b"broken")
+    assert pr.spike_counts(dataset) == (None, None)
+    (dataset / "spike_clusters.npy").unlink()
+    assert pr.spike_counts(dataset) == (None, None)
+    assert pr.phy_cluster_ids(dataset) is None
+    np.save(dataset / "spike_templates.npy", np.array([4, 4, 1], dtype=np.uint32))
+    counts, name = pr.spike_counts(dataset)
+    assert name == "spike_templates.npy" and counts.tolist() == [0, 1, 0, 0, 2]
+    assert pr.phy_cluster_ids(dataset).tolist() == [1, 4]
+    np.save(dataset / "spike_templates.npy", np.array([], dtype=np.uint32))
+    assert pr.phy_cluster_ids(dataset).tolist() == []

@@ -1162,7 +1162,9 @@ def classify_dataset(dataset_dir, bombcell_dir=None):
 #   docstring says each is OR'd in; its code ANDs them).  With split_non_somatic, good and mua
 #   units become non_soma_good / non_soma_mua; without, every non-noise one becomes non_soma.
 
-SPIKEINTERFACE_VERSION = "0.105.3"  # the bombcell_label_units these rules follow (0.104-0.105)
+# The bombcell_label_units these rules follow; 0.105.0-0.105.3 have the same labelling code.
+# (0.104's differs, but bombcell 0.94's run_bombcell_qc does not run on it.)
+SPIKEINTERFACE_VERSION = "0.105.3"
 SI_WIDE_CSV = "labeling_results_wide.csv"
 SI_THRESHOLDS = "thresholds.json"
 SI_CONFIG = "bombcell_config.json"
@@ -1391,12 +1393,14 @@ def read_spikeinterface_wide_csv(path):
     header, body = rows[0], [r for r in rows[1:] if r]
     if any(len(r) != len(header) for r in body):
         raise BombcellReasonError(f"{path}: rows of different lengths; re-run run_bombcell_qc")
-    unit_ids = [r[0] for r in body]
-    saved = [r[1] for r in body]
+    cells = list(zip(*body)) if body else [()] * len(header)
+    unit_ids, saved = list(cells[0]), list(cells[1])
     columns = {}
-    for j, name in enumerate(header[2:], 2):
+    for name, column in zip(header[2:], cells[2:]):
+        text = np.array(column, dtype=str)
+        text[text == ""] = "nan"  # pandas writes NaN as an empty cell
         try:
-            columns[name] = np.array([float(r[j]) if r[j] != "" else np.nan for r in body])
+            columns[name] = text.astype(float)  # numpy parses in C ("inf" too)
         except ValueError:
             columns[name] = None
     return unit_ids, saved, columns

@@ -2111,8 +2111,9 @@ def main(argv=None):
 # dock); view ``close_view``; ``controller.cluster_metrics``, ``controller.view_creator``,
 # ``supervisor.columns``.  phy's tables are touched only in _rebuild_tables
 # (``get_current_sort``, ``ClusterView._reset_table``: what phy's ``Supervisor.label`` uses to
-# add a column, ``reset``/``select``), _refresh_tables (``change``) and the tooltip
-# (``table_view``, the native Qt table of phy 2.1: ``indexAt``, ``viewport``).
+# add a column, ``reset``/``select``), _refresh_tables (``change``), the tooltip
+# (``table_view``, the native Qt table of phy 2.1: ``indexAt``, ``viewport``) and, in phy 2.0,
+# the table page's header (``pre_build`` event, ``builder.headers``: _prepare_html_table).
 # ``Actions(gui, menu=..., submenu=...)`` with ``alias``/``prompt`` for the ``:bc`` snippet,
 # ``gui.state`` (the plugin's choices, saved in phy's state.json), ``gui.status_message`` and
 # the "phy" logger (phy.log + status bar).
@@ -2652,7 +2653,22 @@ class _PluginLogic:
                                  if c not in metrics or c in self.shown_raw_metrics]
         self._connect(self._on_cluster, "cluster", supervisor)
         self._connect(self._on_save_clustering, "save_clustering", supervisor)
+        self._connect(self._on_table_pre_build, "pre_build", None)  # every table (phy 2.0)
         self._write_tsv_if_stale()
+
+    @_guarded("preparing phy's table")
+    def _on_table_pre_build(self, sender):
+        _prepare_html_table(sender, self._full_reasons_json)
+
+    def _full_reasons_json(self):
+        """{cluster id: reason with full criterion names} as JSON, once per book (phy 2.0)."""
+        import json
+        book = self.book
+        if getattr(self, "_full_reasons", (None,))[0] is not book:
+            ids = [int(c) for c in (book.classification.cluster_ids if book.ok else ())]
+            text = json.dumps({c: book.full_reason(c) for c in ids})
+            self._full_reasons = (book, text.replace("</", "<\\/"))  # safe inside <script>
+        return self._full_reasons[1]
 
     @_guarded("following a clustering change")
     def _on_cluster(self, sender, up):
@@ -2720,7 +2736,7 @@ class _PluginLogic:
         self.gui.state[PLUGIN_NAME] = state
         # The GUI's handlers go; the controller's stay (a controller may get another GUI).
         from phylib.utils import unconnect
-        unconnect(self._on_gui_close)
+        unconnect(self._on_gui_close, self._on_table_pre_build)
         self._stop_sizing()
         if self.view is not None:
             self.view.detach()
@@ -2810,8 +2826,9 @@ class _PluginLogic:
         supervisor = self.controller.supervisor
         rows = [{"id": c, COLUMN: self.reason(c), N_FAILING_COLUMN: self.n_failing(c)}
                 for c in self._cluster_ids()]
-        supervisor.cluster_view.change(rows)
-        supervisor.similarity_view.change(rows)
+        for view in (supervisor.cluster_view, supervisor.similarity_view):
+            view.change(rows)
+            _set_html_full_reasons(view, self._full_reasons_json)
 
     def _install_tooltips(self):
         """The reason with full criterion names as the tooltip of the column's cells (phy 2.1's
@@ -2820,7 +2837,7 @@ class _PluginLogic:
         supervisor = self.controller.supervisor
         self._tooltips = [cls(self, table) for table in (supervisor.cluster_view,
                                                           supervisor.similarity_view)
-                          if hasattr(table, "table_view")]  # phy 2.0's HTML table: none
+                          if hasattr(table, "table_view")]  # phy 2.0: a title (_prepare_html_table)
 
     def tooltip(self, table, pos):
         """Text of the tooltip at ``pos`` (viewport coordinates) of a table, or None."""
@@ -3060,6 +3077,39 @@ def _reselect(supervisor, clusters, similar):
         sv.reset(clusters)
         if similar:
             sv.select(similar)
+
+
+# phy 2.0's HTML table is laid out by the browser: squeezed into the view, every cell of every
+# column wraps at its spaces, and the reason would take 3-6 lines in a ~40 px column.  On one
+# line it is ~250 px: id, the reason, fr and n_spikes still fit the cluster view (as in phy 2.1).
+# The tooltip with the full criterion names is the cell's ``title``, set when the mouse comes
+# over it from a map {cluster id: full reason} in the page (a new cluster's cell: its text).
+_HTML_MARK = "/* phy-bc-reason */"
+_HTML_STYLE = "<style>%s #table td.%s { white-space: nowrap; }</style>" % (_HTML_MARK, COLUMN)
+_HTML_TOOLTIP_SCRIPT = """<script>%s
+var bcFullReasons = %%s;
+document.addEventListener("mouseover", function (e) {
+  var cell = e.target.closest ? e.target.closest("td.%s") : null;
+  if (cell) cell.title = bcFullReasons[getId(cell)] || cell.textContent;
+});
+</script>""" % (_HTML_MARK, COLUMN)
+
+
+def _prepare_html_table(view, full_reasons_json):
+    """phy 2.0, before phy (re)builds a table page (its ``pre_build`` event, which phy 2.1's Qt
+    table emits too): our style and tooltip script in the page's header, replacing those of the
+    previous build.  ``full_reasons_json()`` gives the map."""
+    if not _html_table(view) or COLUMN not in (getattr(view, "columns", None) or ()):
+        return
+    headers = view.builder.headers
+    headers[:] = [h for h in headers if _HTML_MARK not in h]
+    headers += [_HTML_STYLE, _HTML_TOOLTIP_SCRIPT % full_reasons_json()]
+
+
+def _set_html_full_reasons(view, full_reasons_json):
+    """phy 2.0: a new map of full reasons in a built page (after a reload)."""
+    if _html_table(view):
+        view.eval_js("bcFullReasons = %s;" % full_reasons_json())
 
 
 def _define_phy_classes():

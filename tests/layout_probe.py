@@ -4,10 +4,12 @@ at the screen's size (1920x1080 under ``xvfb-run -s "-screen 0 1920x1080x24"``),
 
 Run by tests/test_layout_1920x1080.py in a subprocess under Xvfb (layout needs a real X screen;
 the offscreen platform has none).  Usage: python layout_probe.py DATASET SELECTION [SELECTION...]
-where a selection is comma-separated cluster ids.  Writes nothing into DATASET except what phy
+where a selection is comma-separated cluster ids; LAYOUT_PROBE_SCREENSHOT=file.png also saves
+the window after the last selection.  Writes nothing into DATASET except what phy
 and the plugin write themselves; phy's state goes to a temporary folder.
 """
 import json
+import os
 import re
 import sys
 import tempfile
@@ -23,8 +25,45 @@ def wait(app, ms):
         app.processEvents()
 
 
+# phy 2.0's table is an HTML page: the same measures from its DOM.  Header cells' boxes relative
+# to the page's visible area (clientWidth: without the vertical scroll bar); "needed" is the
+# width of a cell's text on one line (canvas measureText in the cell's font) plus its padding.
+_HTML_COLUMNS_JS = """(function () {
+  var page = document.documentElement, ctx = document.createElement("canvas").getContext("2d");
+  var columns = [];
+  document.querySelectorAll("#table thead th").forEach(function (th) {
+    var box = th.getBoundingClientRect(), needed = 0, wrapped = 0;
+    document.querySelectorAll("#table tbody td." + CSS.escape(th.dataset.sort)).forEach(
+      function (td) {
+        var style = getComputedStyle(td);
+        ctx.font = style.font;
+        needed = Math.max(needed, ctx.measureText(td.textContent).width +
+                          parseFloat(style.paddingLeft) + parseFloat(style.paddingRight));
+        var range = document.createRange();
+        range.selectNodeContents(td);
+        if (range.getClientRects().length > 1) wrapped++;
+      });
+    columns.push({name: th.dataset.sort, x: Math.round(box.left), width: Math.round(box.width),
+                  needed: Math.ceil(needed), wrapped_cells: wrapped});
+  });
+  return {viewport_width: page.clientWidth, sideways_scroll: page.scrollWidth - page.clientWidth,
+          columns: columns};
+})()"""
+
+
+def _wait_js(table, expression):
+    from phy.gui.qt import QApplication
+    box = []
+    table.page().runJavaScript(expression, box.append)
+    while not box:
+        QApplication.processEvents()
+    return box[0]
+
+
 def columns(table):
     """Each column's name, x and width, from the table's header (viewport coordinates)."""
+    if not hasattr(table, "table_view"):  # phy 2.0: an HTML page in QtWebEngine
+        return _wait_js(table, _HTML_COLUMNS_JS)
     view = table.table_view
     header = view.horizontalHeader()
     return {"viewport_width": view.viewport().width(),
@@ -65,6 +104,8 @@ def main(dataset, selections):
     gui = controller.create_gui(do_prompt_save=False)
     gui.show()
     wait(app, 1500)
+    while not controller.supervisor.cluster_view.is_ready():  # phy 2.0: its HTML page loads
+        wait(app, 100)
     screen = app.primaryScreen().geometry()
     gui.setGeometry(0, 0, screen.width(), screen.height())  # maximised, as a curator opens it
     wait(app, 1000)
@@ -85,8 +126,11 @@ def main(dataset, selections):
             "view_sideways_scroll": view.horizontalScrollBar().maximum(),
             "window_width": gui.frameGeometry().width()})
     out["cluster_view_after"] = columns(supervisor.cluster_view)
+    if os.environ.get("LAYOUT_PROBE_SCREENSHOT"):  # to look at it by hand
+        gui.grab().save(os.environ["LAYOUT_PROBE_SCREENSHOT"])
     gui.close()
-    controller.close()
+    if hasattr(controller, "close"):  # phy 2.1 (phy 2.0's controller has no close)
+        controller.close()
     print(json.dumps(out))
 
 

@@ -66,3 +66,46 @@ def rows(view):
     if not _html_table(view):
         return list(view._model._rows)
     return list(_js(view, "table.items.map(function (item) { return item._values; })") or [])
+
+
+def reason_tooltip(view, plugin, cluster_id):
+    """The tooltip of the reason cell of ``cluster_id``: phy 2.1 asks the plugin for the cell
+    under the mouse; phy 2.0's HTML page sets the cell's ``title`` when the mouse comes over it."""
+    import phy_bc_reason_plugin as pr
+    if not _html_table(view):
+        table_view = view.table_view
+        view.filter(f"id == {int(cluster_id)}")
+        rect = table_view.visualRect(table_view.model().index(0, view.columns.index(pr.COLUMN)))
+        try:
+            return plugin.tooltip(view, rect.center())
+        finally:
+            view.filter("")
+    return _js(view, f"""(function () {{
+        var cell = table._getRow({int(cluster_id)}).querySelector("td.{pr.COLUMN}");
+        cell.dispatchEvent(new MouseEvent("mouseover", {{bubbles: true}}));
+        return cell.title;
+    }})()""")
+
+
+def mark_pages(*views):
+    """phy 2.0: mark the views' current HTML pages, so that ``rebuilt`` can tell a new page."""
+    for view in views:
+        if _html_table(view):
+            _js(view, "window.bcOldPage = true")
+
+
+def rebuilt(view):
+    """True once a view marked by ``mark_pages`` shows a new page that takes commands (at once
+    in phy 2.1, whose tables are rebuilt synchronously)."""
+    if not _html_table(view):
+        return True
+    return bool(_js(view, 'typeof window.bcOldPage === "undefined" && '
+                          'typeof table._currentSort === "function"'))
+
+
+def header(view):
+    """The column names the view shows."""
+    if not _html_table(view):
+        return list(view.columns)
+    return list(_js(view, 'Array.prototype.map.call(document.querySelectorAll("#table thead th"),'
+                          ' function (th) { return th.dataset.sort; })') or [])

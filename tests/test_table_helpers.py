@@ -26,10 +26,17 @@ def test_toggling_twice_quickly_ends_in_the_last_choice(phy, dataset):  # noqa: 
     s.cluster_view.sort_by("fr", "asc")
     phy_tables.wait_until(lambda: phy_tables.sort(s.cluster_view) == ["fr", "asc"])
 
+    phy_tables.mark_pages(s.cluster_view, s.similarity_view)
     plugin.actions.show_all_raw_metric_columns()
     plugin.actions.hide_all_raw_metric_columns()  # before the first rebuild is done
-    # Both rebuilds done: the cluster view has its selection back, the similarity view its rows.
-    phy_tables.wait_until(lambda: phy_tables.selected(s.cluster_view) == [a]
+    # Both rebuilds done: new pages (phy 2.0; the old ones had the selection and the sort, so
+    # without this the wait could end before the rebuild began), the last choice's columns, the
+    # cluster view's selection back, the similarity view's rows.
+    columns = list(s.cluster_view.columns)
+    phy_tables.wait_until(lambda: all(phy_tables.rebuilt(v) for v in (s.cluster_view,
+                                                                      s.similarity_view))
+                          and phy_tables.header(s.cluster_view) == columns
+                          and phy_tables.selected(s.cluster_view) == [a]
                           and phy_tables.ids(s.similarity_view), what="tables rebuilt")
     s.block()
     assert "nPeaks" not in s.cluster_view.columns and "nPeaks" not in s.similarity_view.columns

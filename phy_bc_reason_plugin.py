@@ -1398,7 +1398,7 @@ def read_spikeinterface_wide_csv(path):
     columns = {}
     for name, column in zip(header[2:], cells[2:]):
         text = np.array(column, dtype=str)
-        text[text == ""] = "nan"  # pandas writes NaN as an empty cell
+        text = np.where(text == "", "nan", text)  # pandas writes NaN as an empty cell
         try:
             columns[name] = text.astype(float)  # numpy parses in C ("inf" too)
         except ValueError:

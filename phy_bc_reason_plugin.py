@@ -1461,6 +1461,7 @@ def classify_spikeinterface(dataset_dir, folder):
         notes.append("thresholds ignored, their metric is not in the table (SpikeInterface drops "
                      "them with a warning): " + ", ".join(dropped))
     cluster_ids, id_note = _si_cluster_ids(dataset_path(dataset_dir), unit_ids, wide)
+    notes.append(id_note)
     keep = np.array([c is not None for c in cluster_ids], dtype=bool)
     if not keep.all():
         notes.append(f"{int((~keep).sum())} SpikeInterface unit(s) not in {SI_UNIT_ID_MAP} "

@@ -1330,7 +1330,8 @@ def spikeinterface_decisive(rules, codes, fails):
                 "main peak": non_somatic & holds["main peak"],
                 "extra": non_somatic & holds["extra"]}
     deciding["ratio"] = deciding["width"]
-    return fails & np.array([deciding[r.route or r.stage] for r in rules]).reshape(fails.shape)
+    stage_decides = np.array([deciding[r.route or r.stage] for r in rules], dtype=bool)
+    return fails & stage_decides.reshape(fails.shape)  # (also with no rule at all)
 
 
 def _si_groups(rules, fails):
@@ -1514,6 +1515,15 @@ class SpikeInterfaceClassification(Classification):
     @property
     def metric_columns(self):
         return [k for k in self.metrics if k != "nSpikes"]
+
+    def _reasons(self):
+        if len(self.rules):
+            return super()._reasons()
+        # No criterion at all (every section empty, absent or switched off): all units are good.
+        reasons = np.array([f"{label}: passed all thresholds" for label in self.label], dtype=object)
+        differs = self.label_differs
+        reasons[differs] += " (bombcell saved " + self.bombcell_label[differs] + ")"
+        return reasons
 
     def _group(self, name):
         return np.array([r.route == name for r in self.rules], dtype=bool)

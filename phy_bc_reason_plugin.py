@@ -5,14 +5,15 @@ One file, three ways in:
 * a phy plugin (``BombcellReasonPlugin``) that shows the reason of every unit as the
   ``bc_classificationReason`` column of phy's cluster view, a dock view with every criterion of
   the selected cluster, and a "Bombcell" menu;
-* a command line tool, ``phy-bc-reason export|explain|rules|install|demo``;
+* a command line tool, ``phy-bc-reason export|explain|summary|rerun|rules|install|demo``;
 * a Python API for notebooks: ``load_reasons(dataset_dir)`` and ``explain_cluster(...)``.
 
 Everything is derived from one declarative table, ``RULES``, which mirrors bombcell 0.94's
 ``bombcell.quality_metrics.get_quality_unit_type``; results of bombcell's SpikeInterface route
 (``run_bombcell_qc``: CSV/JSON, labelled by SpikeInterface's ``bombcell_label_units``) get their
 own table, derived from their thresholds.json (section "The SpikeInterface route").  bombcell
-and SpikeInterface are never imported here: they cost seconds and print to stdout, and their
+and SpikeInterface are never imported here (only ``phy-bc-reason rerun``, a child process of
+phy's *Re-run bombcell*, runs bombcell): they cost seconds and print to stdout, and their
 results are plain parquet, CSV and JSON files.  The property tests in ``tests/`` prove that the
 labels computed here equal bombcell's (and SpikeInterface's) own on many random tables.
 """
@@ -818,8 +819,13 @@ class Classification:
     _reason_order = _REASON_ORDER
 
     def __init__(self, params, metrics, cluster_ids, bombcell_label=None, notes=(), source_mtime=0.0,
-                 source="", version_note=None):
+                 source="", version_note=None, changes=None, real=None):
         self.params = params
+        # A what-if (see what_if): the parameters changed from the saved ones, and the real
+        # classification it was derived from (itself when this is the real one).
+        self.changes = dict(changes or {})
+        self.real = real if real is not None else self
+        self._text_cache = {}  # see _criterion_texts
         self.version_note = version_note  # results of a newer bombcell: said on every unit
         self.metrics = metrics
         self.cluster_ids = np.asarray(cluster_ids, dtype=np.int64)
@@ -837,6 +843,8 @@ class Classification:
                                else np.full(len(self.cluster_ids), None, dtype=object))
         saved = self.bombcell_label
         self.label_differs = np.not_equal(saved, None) & (saved != self.label)
+        if self.changes:  # a what-if differs from bombcell's saved labels on purpose
+            self.label_differs = np.zeros(len(self.cluster_ids), dtype=bool)
         self._row = {int(c): i for i, c in enumerate(self.cluster_ids)}
         self.reason = self._reasons()
 
@@ -851,6 +859,19 @@ class Classification:
         """Row index of a cluster, or None when bombcell has no row for it."""
         return self._row.get(int(cluster_id))
 
+    def _criterion_texts(self, i, units):
+        """short_criterion_text of rule ``i`` for ``units``, cached per rule and threshold and
+        shared with what-ifs (the same metrics): a what-if formats only what its changes changed."""
+        cache = self.real._text_cache
+        key = (i, float(self.thresholds[i]))
+        texts = cache.get(key)
+        if texts is None:
+            texts = cache[key] = np.full(len(self), None, dtype=object)
+        todo = units[np.equal(texts[units], None)]
+        texts[todo] = [short_criterion_text(self.rules[i], v, self.thresholds[i])
+                       for v in self.values[i, todo]]
+        return texts[units]
+
     def _reasons(self):
         """The column's text: the label, then the first criterion that decides it, by its short
         name with value and threshold, and "+N" for the others deciding it too
@@ -863,8 +884,7 @@ class Classification:
         texts[np.isnan(self.codes)] = "no spikes"
         for i in np.unique(first[count > 0]):  # rule by rule: only numbers touch single units
             units = np.flatnonzero((first == i) & (count > 0))
-            texts[units] = [short_criterion_text(self.rules[i], v, self.thresholds[i])
-                            for v in self.values[i, units]]
+            texts[units] = self._criterion_texts(i, units)
         more = count > 1
         texts[more] += np.char.add(" +", (count[more] - 1).astype(str)).astype(object)
         # A unit whose RPV failure bombcell forgives (uncertain estimate, keepUncertainRPVUnits)
@@ -909,6 +929,17 @@ class Classification:
 
     def reason_by_cluster(self):
         return dict(zip(self.cluster_ids.tolist(), self.reason.tolist()))
+
+    def what_if(self, changes):
+        """A new classification with some parameters changed (``{"maxRPVviolations": 0.5}``),
+        from the metrics already in memory: no file is read.  Changes add up
+        (``c.what_if(a).what_if(b)``); ``c.real`` is the classification of the saved parameters.
+        Raises BombcellReasonError naming an unknown parameter or a bad value."""
+        return what_if(self, changes)
+
+    def summary(self):
+        """Counts per label and, per criterion, failing units and sole blockers (see summarize)."""
+        return summarize(self)
 
     # -- one cluster ---------------------------------------------------------------------------
 
@@ -1490,6 +1521,7 @@ class SpikeInterfaceClassification(Classification):
                  source_mtime=0.0, source=""):
         self.rules = rules
         self.params = {}
+        self.changes, self.real, self._text_cache = {}, self, {}  # no what-ifs on this route
         self.version_note = None
         self.metrics = metrics
         self.cluster_ids = np.asarray(cluster_ids, dtype=np.int64)
@@ -1599,6 +1631,360 @@ def spikeinterface_rules_markdown(thresholds=None):
 
 
 # ------------------------------------------------------------------------------------------------
+# What-if thresholds and the population view
+# ------------------------------------------------------------------------------------------------
+# A what-if re-evaluates the rule table on the metrics already in memory, with some parameters
+# changed: the labels are bombcell's own for those parameters (tests/test_whatif.py checks them
+# against bombcell.get_quality_unit_type).  The summary counts, per criterion, the units that
+# fail it and its sole blockers: units that turn GOOD when that one threshold is relaxed, with
+# everything else as it is.
+
+# The flags a what-if may switch; every other settable parameter is a threshold.
+FLAG_PARAMS = tuple(dict.fromkeys([flag for r in RULES for flag, _ in r.enabled_when]
+                                  + ["splitGoodAndMua_NonSomatic", "keepUncertainRPVUnits"]))
+SETTABLE_PARAMS = tuple(dict.fromkeys(list(CLASSIFICATION_PARAMS) + list(FLAG_PARAMS)))
+WHATIF_COLUMN = "bc_whatIfReason"  # the column of a what-if export: never phy's reason column
+WHATIF_PARAMS_NAME = "bombcell_whatif_parameters.json"  # phy's "Save what-if parameters"
+_TRUE_WORDS, _FALSE_WORDS = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+QUANTILES = (("min", 0.0), ("q05", 0.05), ("q25", 0.25), ("median", 0.5), ("q75", 0.75),
+             ("q95", 0.95), ("max", 1.0))
+
+
+def parse_setting(text):
+    """``"PARAM=VALUE"`` (the CLI's ``--set``) as (PARAM, VALUE as text)."""
+    key, sep, value = str(text).partition("=")
+    if not sep or not key.strip() or not value.strip():
+        raise BombcellReasonError(f"--set {text!r}: expected PARAM=VALUE, e.g. --set maxRPVviolations=0.5")
+    return key.strip(), value.strip()
+
+
+def check_change(key, value):
+    """A what-if value as bombcell would read it: True/False for a flag, a float (inf allowed,
+    NaN not: it would silently switch the test off) for a threshold.  Text is parsed.  Raises
+    BombcellReasonError naming the parameter."""
+    if key not in SETTABLE_PARAMS:
+        import difflib
+        close = difflib.get_close_matches(str(key), SETTABLE_PARAMS, n=1)
+        raise BombcellReasonError(
+            f"unknown parameter {key!r}" + (f" (did you mean {close[0]}?)" if close else "")
+            + f"; settable: {', '.join(SETTABLE_PARAMS)}")
+    if key in FLAG_PARAMS:
+        if isinstance(value, str) and value.strip().lower() in _TRUE_WORDS + _FALSE_WORDS:
+            return value.strip().lower() in _TRUE_WORDS
+        if isinstance(value, (bool, np.bool_)) or (isinstance(value, (int, np.integer))
+                                                   and value in (0, 1)):
+            return bool(value)
+        raise BombcellReasonError(f"bad value for flag {key}: {value!r} (use true or false)")
+    try:
+        if isinstance(value, (bool, np.bool_)):
+            raise ValueError
+        number = float(value)
+    except (TypeError, ValueError):
+        raise BombcellReasonError(f"bad value for threshold {key}: {value!r} (not a number)") from None
+    if np.isnan(number):
+        raise BombcellReasonError(f"bad value for threshold {key}: NaN (it would pass every unit; "
+                                  f"use inf or -inf to relax the test)")
+    return number
+
+
+def check_changes(changes):
+    """Every change checked (check_change); a list of "PARAM=VALUE" texts is accepted too."""
+    if not isinstance(changes, dict):
+        changes = dict(parse_setting(text) for text in changes)
+    return {key: check_change(key, value) for key, value in changes.items()}
+
+
+def _bombcell_route_only(result, what):
+    """What-ifs and sole blockers re-run bombcell's own rule table: not (yet) SpikeInterface's."""
+    if result.route != "bombcell":
+        raise BombcellReasonError(
+            f"{result.source}: {what} work on bombcell's own results; these are the SpikeInterface "
+            f"route's (run_bombcell_qc), whose labels and reasons are explained, not re-run")
+
+
+def what_if(result, changes):
+    """``result`` re-classified with ``changes`` on top of its own changes (see
+    Classification.what_if).  Only the rule table runs again: ~20 ms for 10,000 units."""
+    _bombcell_route_only(result, "what-if thresholds")
+    changes = dict(result.changes, **check_changes(changes))
+    real = result.real
+    changes = {k: v for k, v in changes.items() if not _same_value(k, real.params.get(k), v)}
+    if not changes:
+        return real
+    params = dict(real.params, **changes)
+    return Classification(params, real.metrics, real.cluster_ids, real.bombcell_label,
+                          real.notes, real.source_mtime, real.source, real.version_note,
+                          changes=changes, real=real)
+
+
+def _same_value(key, saved, value):
+    """Whether a change leaves bombcell's reading of a parameter as saved (then it is no
+    change).  Flags must match in type too: bombcell's ``&`` reads 2 and True differently."""
+    try:
+        if key in FLAG_PARAMS:
+            return isinstance(saved, (bool, np.bool_)) and bool(saved) == value
+        return float(saved) == value
+    except (TypeError, ValueError):
+        return False
+
+
+def whatif_changes_text(result):
+    """``maxRPVviolations=0.5 (saved 0.1), ...``: what a what-if changed, for every display."""
+    saved = result.real.params
+    return ", ".join(f"{k}={_param_text(v)} (saved {_param_text(saved.get(k))})"
+                     for k, v in result.changes.items())
+
+
+def _param_text(value):
+    if isinstance(value, (bool, np.bool_)) or value is None:
+        return str(value)
+    try:
+        return format_number(value, digits=None)
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def whatif_header(result):
+    """One line that says plainly that labels are a what-if, or "" for the real ones."""
+    if not result.changes:
+        return ""
+    return (f"WHAT-IF (not bombcell's saved labels): {whatif_changes_text(result)}; labels are "
+            f"bombcell's under these parameters")
+
+
+def relaxed_value(rule):
+    """The threshold that relaxes ``rule`` completely: no value fails ``> inf`` or ``< -inf``."""
+    return np.inf if rule.op == ">" else -np.inf
+
+
+def sole_blockers(result):
+    """(n_rules, n_units) bool: the units that bombcell would label GOOD if only this rule's
+    threshold were relaxed (set to relaxed_value), all else unchanged.  One vectorised
+    re-labelling per rule (_unit_codes, bombcell's order); a route-A unit counts for each of the
+    four shape tests whose relaxing frees it.  The isnan rule has no threshold: never."""
+    _bombcell_route_only(result, "the summary and the metric view")
+    blockers = np.zeros_like(result.fails)
+    not_good = result.codes != GOOD
+    n_spikes = np.asarray(result.metrics["nSpikes"], dtype=float)
+    for i, rule in enumerate(RULES):
+        units = np.flatnonzero(result.fails[i] & not_good)
+        if rule.op == "isnan" or not len(units):
+            continue
+        fails = result.fails[:, units].copy()
+        fails[i] = False
+        blockers[i, units] = _unit_codes(result.params, n_spikes[units], fails) == GOOD
+    return blockers
+
+
+def _quantiles(values):
+    finite = values[~np.isnan(values)]
+    if not len(finite):
+        return {name: None for name, _ in QUANTILES}
+    with np.errstate(invalid="ignore"):
+        qs = np.quantile(finite, [q for _, q in QUANTILES])
+    return {name: _json_number(q) for (name, _), q in zip(QUANTILES, qs)}
+
+
+def summarize(result):
+    """The population view: {"n_units", "labels": counts, "what_if": changes, "criteria": [...]}
+    with one dict per criterion (stage, metric, op, param, threshold, enabled, n_fail, n_kept,
+    n_decisive, n_sole_blocker, n_nan, quantiles of the metric), the ones blocking the most units
+    first.  Counted over labelled units (bombcell leaves units without spikes unlabelled)."""
+    labelled = ~np.isnan(result.codes)
+    blockers = sole_blockers(result)
+    flags = enabled_flags(result.params)
+    criteria = []
+    for i, rule in enumerate(RULES):
+        values = result.values[i, labelled]
+        criteria.append({
+            "stage": rule.stage + (f" {rule.route}" if rule.route else ""),
+            "metric": rule.metric, "op": rule.op, "param": rule.param,
+            "criterion": rule.name,
+            "threshold": _json_number(result.thresholds[i]) if rule.param else None,
+            "enabled": rule_enabled(rule, result.params, flags),
+            "n_fail": int(result.fails[i, labelled].sum()),
+            "n_kept": int(result.kept[i, labelled].sum()),
+            "n_decisive": int(result.decisive[i, labelled].sum()),
+            "n_sole_blocker": int(blockers[i, labelled].sum()) if rule.op != "isnan" else None,
+            "n_nan": int(np.isnan(values).sum()),
+            "quantiles": _quantiles(values),
+        })
+    order = sorted(range(len(RULES)), key=lambda i: (-(criteria[i]["n_sole_blocker"] or 0),
+                                                     -criteria[i]["n_fail"], i))
+    return {"n_units": len(result), "labels": label_counts(result.label),
+            "what_if": {k: _json_param(v) for k, v in result.changes.items()},
+            "criteria": [criteria[i] for i in order]}
+
+
+def _json_param(value):
+    return bool(value) if isinstance(value, (bool, np.bool_)) else _json_number(value)
+
+
+def format_summary(summary):
+    """The summary as text (``phy-bc-reason summary``, phy's *Bombcell summary*)."""
+    counts = ", ".join(f"{k} {v}" for k, v in summary["labels"].items())
+    lines = [f"{summary['n_units']} units: {counts}",
+             f"  {'stage':13} {'criterion: fails when':58} {'threshold':>10} {'fail':>6} "
+             f"{'sole':>6} {'decides':>7}   {'metric: q05 / median / q95':28}"]
+    for c in summary["criteria"]:
+        if not c["enabled"]:
+            continue
+        q = c["quantiles"]
+        spread = " / ".join(_fmt_json(q[k]) for k in ("q05", "median", "q95"))
+        sole = "-" if c["n_sole_blocker"] is None else c["n_sole_blocker"]
+        lines.append(f"  {c['stage']:13} {c['criterion']:58} {_fmt_json(c['threshold']):>10} "
+                     f"{c['n_fail']:>6} {sole:>6} {c['n_decisive']:>7}   {spread}")
+    off = [c["criterion"] for c in summary["criteria"] if not c["enabled"]]
+    lines.append("  fail: units failing it; sole: units that turn GOOD when this threshold alone is "
+                 "relaxed; decides: units whose label it decides")
+    if off:
+        lines.append(f"  switched off by the saved flags: {', '.join(off)}")
+    return "\n".join(lines)
+
+
+def write_params_file(path, changes):
+    """Write the changed parameters as a JSON object ``{param: value}``, atomically, for
+    bombcell's own run: ``param.update(json.load(f))`` before ``bombcell.run_bombcell(ks_dir,
+    save_path, param)`` (see the README).  Returns the path."""
+    path = Path(path).expanduser()
+    # json writes inf as Infinity, which Python's json reads back as float("inf")
+    text = json.dumps({k: bool(v) if isinstance(v, (bool, np.bool_)) else float(v)
+                       for k, v in changes.items()}, indent=1) + "\n"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return path
+
+
+# ------------------------------------------------------------------------------------------------
+# Re-running bombcell (in a child process: phy's *Re-run bombcell*, ``phy-bc-reason rerun``)
+# ------------------------------------------------------------------------------------------------
+# bombcell runs on the saved clustering (its loader follows spike_clusters.npy, so clusters merged
+# or split in phy get rows) with the saved parameters, into a new folder next to the results;
+# only when it succeeded are its phy TSVs moved into the dataset and the folders swapped
+# (DATASET/bombcell -> DATASET/bombcell.previous).  A failed or killed run leaves the previous
+# results and every TSV as they were (the caller removes the new folder).
+
+RERUN_PREFIX = ".bombcell-rerun-"  # the new results folder while bombcell runs
+PREVIOUS_DIRNAME = BOMBCELL_DIRNAME + ".previous"  # the results a successful re-run replaced
+RERUN_DONE = "phy-bc-reason rerun: done"  # the child's last line on success
+_RAW_RULES = tuple(r.name for r in RULES if ("extractRaw", True) in r.enabled_when)
+
+
+def rerun_plan(dataset_dir, changes=None):
+    """(bombcell's param dict, notes) for a re-run: the saved parameters (DATASET/bombcell),
+    ``changes`` on top, no plots, no TSVs written by bombcell itself (they are moved in after
+    success).  Without the raw data file bombcell had, the raw-data tests are switched off and a
+    note says which."""
+    dataset = dataset_path(dataset_dir)
+    params_file = dataset / BOMBCELL_DIRNAME / PARAMS_FILE
+    param = dict(_read_params(params_file))
+    param.update(check_changes(changes or {}))
+    notes = []
+    raw = param.get("raw_data_file")
+    if _truth(param, "extractRaw") if "extractRaw" in param else False:
+        if not raw or not Path(str(raw)).is_file():
+            param["raw_data_file"] = None
+            param["extractRaw"] = False
+            notes.append(f"raw data file {raw or '(none saved)'} not found: raw waveforms are not "
+                         f"extracted and the raw-data tests are off ({', '.join(_RAW_RULES)})")
+    elif raw:
+        notes.append(f"extractRaw is off in the saved parameters: {', '.join(_RAW_RULES)} stay off")
+    param.update(ephysKilosortPath=str(dataset), plotGlobal=False, plotDetails=False,
+                 savePlots=False, saveAsTSV=False, verbose=True)
+    return param, notes
+
+
+def rerun_bombcell(dataset_dir, changes=None, log=print):
+    """Run bombcell again on a dataset (in this process: call it in a child process).  Returns
+    the results folder.  Raises on failure, after which nothing in the dataset has changed but
+    the new folder (``RERUN_PREFIX<pid>``), which the caller removes."""
+    import contextlib
+    dataset = dataset_path(dataset_dir)
+    param, notes = rerun_plan(dataset, changes)
+    saved_tsv = _truth(_read_params(dataset / BOMBCELL_DIRNAME / PARAMS_FILE), "saveAsTSV") \
+        if "saveAsTSV" in param else True
+    for note in notes:
+        log(f"note: {note}")
+    new = dataset / f"{RERUN_PREFIX}{os.getpid()}"
+    log(f"running bombcell on {dataset} into {new.name} (the saved clustering, saved parameters"
+        + (f", changed: {', '.join(f'{k}={_param_text(v)}' for k, v in check_changes(changes).items())}"
+           if changes else "") + ")")
+    import matplotlib
+    matplotlib.use("Agg")
+    with contextlib.redirect_stdout(sys.stderr):  # bombcell prints; our stdout stays ours
+        import bombcell
+        from bombcell.save_utils import save_quality_metrics_and_verify
+        quality_metrics, param, _, unit_type_string = bombcell.run_bombcell(
+            str(dataset), str(new), param)[:4]
+        tsv_dir = new / "phy_tsv"
+        if saved_tsv:  # bombcell's own TSV writer, into the new folder first
+            ids = param.get("unique_templates", quality_metrics["phy_clusterID"])
+            save_quality_metrics_and_verify(quality_metrics, unit_type_string, ids, str(new),
+                                            dict(param, saveAsTSV=True), str(tsv_dir))
+    try:  # from here on a cancel (SIGTERM) would leave the swap half done: finish it
+        import signal
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    except ValueError:  # not the main thread (called as a library): no signals to mind
+        pass
+    install_rerun(dataset, new)
+    log(RERUN_DONE)
+    return dataset / BOMBCELL_DIRNAME
+
+
+def install_rerun(dataset_dir, new):
+    """Swap a finished re-run in: its phy TSVs into the dataset (one atomic rename each), then
+    DATASET/bombcell -> DATASET/bombcell.previous and the new folder -> DATASET/bombcell."""
+    import shutil
+    dataset = dataset_path(dataset_dir)
+    new = Path(new)
+    tsv_dir = new / "phy_tsv"
+    if tsv_dir.is_dir():
+        for tsv in sorted(tsv_dir.glob("cluster_*.tsv")):
+            os.replace(tsv, dataset / tsv.name)
+        tsv_dir.rmdir()
+    current, previous = dataset / BOMBCELL_DIRNAME, dataset / PREVIOUS_DIRNAME
+    if previous.exists():
+        shutil.rmtree(previous)
+    if current.exists():
+        os.replace(current, previous)
+    try:
+        os.replace(new, current)
+    except OSError:
+        if previous.exists() and not current.exists():
+            os.replace(previous, current)
+        raise
+
+
+def _cmd_rerun(args):
+    changes = check_changes(args.set or [])
+    rerun_plan(args.dataset, changes)  # unreadable parameters: one line, before bombcell starts
+    dataset = dataset_path(args.dataset)
+    try:
+        rerun_bombcell(dataset, changes, log=lambda line: print(line, flush=True))
+    except BaseException as e:
+        import shutil
+        shutil.rmtree(dataset / f"{RERUN_PREFIX}{os.getpid()}", ignore_errors=True)
+        if isinstance(e, ImportError):
+            raise BombcellReasonError(f"bombcell cannot be imported in {sys.executable} ({e}); "
+                                      f"pip install bombcell into this environment") from None
+        if isinstance(e, (KeyboardInterrupt, SystemExit, BombcellReasonError)):
+            raise
+        raise BombcellReasonError(f"bombcell failed ({_one_line(e)}); the previous results "
+                                  f"are untouched") from None
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------------------------------
 # The TSV phy reads
 # ------------------------------------------------------------------------------------------------
 
@@ -1608,17 +1994,18 @@ def _tsv_safe(text):
     return text.encode("ascii", "replace").decode("ascii")
 
 
-def write_reason_tsv(dataset_dir, reasons):
+def write_reason_tsv(dataset_dir, reasons, path=None, column=COLUMN):
     """Write ``cluster_bc_classificationReason.tsv`` atomically: a temporary file in the same
     folder, flushed to disk, then renamed over the old one, so phy never reads half a file and a
-    failed write leaves the previous file as it was."""
+    failed write leaves the previous file as it was.  (``path``/``column``: another file, for
+    what-if exports.)"""
     import csv
-    path = dataset_path(dataset_dir) / TSV_NAME
+    path = dataset_path(dataset_dir) / TSV_NAME if path is None else Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{TSV_NAME}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", newline="", encoding="ascii") as f:
             writer = csv.writer(f, delimiter="\t", lineterminator="\n")
-            writer.writerow(["cluster_id", COLUMN])
+            writer.writerow(["cluster_id", column])
             for cluster_id in sorted(reasons):
                 writer.writerow([int(cluster_id), _tsv_safe(reasons[cluster_id])])
             f.flush()
@@ -1811,8 +2198,9 @@ EXIT_INPUT = 1  # a dataset could not be explained (missing, unreadable, foreign
 #                 results bombcell itself cannot classify), or a cluster asked for does not exist
 EXIT_USAGE = 2  # the command line itself is wrong (argparse's status)
 EXIT_CODES = (f"exit status: {EXIT_OK} success; {EXIT_INPUT} a dataset could not be explained "
-              f"(one line on stderr says why and how to fix it) or a cluster asked for does not "
-              f"exist; {EXIT_USAGE} wrong command line")
+              f"(one line on stderr says why and how to fix it), a cluster asked for does not "
+              f"exist, or --set names an unknown parameter or a bad value; {EXIT_USAGE} wrong "
+              f"command line")
 
 
 def _summary_line(result, notes):
@@ -1821,7 +2209,36 @@ def _summary_line(result, notes):
     return line + (f"; {result.version_note}" if result.version_note else "")
 
 
+def _cmd_export_whatif(args):
+    """export --set/--out: the what-if reasons into FILE (column bc_whatIfReason), never into
+    the dataset's reasons TSV."""
+    folder = args.dataset[0]
+    out = Path(args.out).expanduser()
+    if out.resolve() == (dataset_path(folder) / TSV_NAME).resolve():
+        raise BombcellReasonError(f"--out {out}: that is phy's reasons TSV; a what-if is written "
+                                  f"elsewhere (it never replaces the real reasons)")
+    args.dataset = folder
+    result, reasons, notes = _whatif_reasons(args)
+    try:
+        path = write_reason_tsv(folder, reasons, path=out,
+                                column=WHATIF_COLUMN if result.changes else COLUMN)
+    except OSError as e:
+        raise BombcellReasonError(f"{out}: cannot be written ({e.strerror or e})") from None
+    print(f"{path}: {_summary_line(result, notes)}" + (f"; {whatif_header(result)}"
+                                                       if result.changes else ""), flush=True)
+    return EXIT_OK
+
+
 def _cmd_export(args):
+    if args.set and not args.out:
+        print("phy-bc-reason export: error: --set needs --out FILE: a what-if never replaces "
+              f"{TSV_NAME}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.out and len(args.dataset) > 1:
+        print("phy-bc-reason export: error: --out takes one dataset", file=sys.stderr)
+        return EXIT_USAGE
+    if args.out:
+        return _cmd_export_whatif(args)
     failed = 0
     total = len(args.dataset)
     for i, folder in enumerate(args.dataset, 1):
@@ -1840,8 +2257,44 @@ def _cmd_export(args):
     return EXIT_INPUT if failed else EXIT_OK
 
 
-def _cmd_explain(args):
+def _whatif_reasons(args):
+    """dataset_reasons, then the what-if of ``--set`` (checked before anything is printed or
+    written), then ``--save-params``.  Returns (classification, reasons, notes)."""
+    changes = check_changes(args.set or [])
     result, reasons, notes = dataset_reasons(args.dataset, args.bombcell_dir)
+    if changes:
+        result = result.what_if(changes)
+        reasons.update(result.reason_by_cluster())
+    if getattr(args, "save_params", None):
+        if not result.changes:
+            raise BombcellReasonError("--save-params: nothing to save; change parameters with --set")
+        try:
+            path = write_params_file(args.save_params, result.changes)
+        except OSError as e:
+            raise BombcellReasonError(f"{args.save_params}: cannot be written ({e.strerror or e})") from None
+        print(f"wrote the changed parameters to {path}", file=sys.stderr)
+    return result, reasons, notes
+
+
+def _cmd_summary(args):
+    result, _, notes = _whatif_reasons(args)
+    summary = result.summary()
+    if args.json:
+        for criterion in summary["criteria"]:
+            print(json.dumps(dict(criterion, what_if=summary["what_if"])))
+        return EXIT_OK
+    if result.changes:
+        print(whatif_header(result))
+    print(format_summary(summary))
+    for note in notes:
+        print(f"note: {note}")
+    return EXIT_OK
+
+
+def _cmd_explain(args):
+    result, reasons, notes = _whatif_reasons(args)
+    if result.changes and not args.json:
+        print(whatif_header(result))
     cluster_ids = args.cluster if args.cluster else sorted(reasons)
     missing = []
     for cluster_id in cluster_ids:
@@ -1855,6 +2308,8 @@ def _cmd_explain(args):
             if info is None:  # a cluster made in phy after bombcell ran
                 info = {"cluster_id": int(cluster_id), "label": None, "bombcell_label": None,
                         "reason": reasons[cluster_id], "criteria": [], "decisive": [], "notes": []}
+            if result.changes:
+                info["what_if"] = {k: _json_param(v) for k, v in result.changes.items()}
             print(json.dumps(info))
         elif args.cluster:
             print(format_explanation(info) if info else f"cluster {cluster_id}: {reasons[cluster_id]}")
@@ -1998,6 +2453,15 @@ def _run_demo(argv):
     return phy_bc_reason_demo.main(argv, prog="phy-bc-reason demo")
 
 
+def _whatif_options(p):
+    p.add_argument("--set", action="append", metavar="PARAM=VALUE",
+                   help="what-if: classify with this parameter changed (repeatable; flags take "
+                        "true/false).  Labels are bombcell's under the changed parameters")
+    p.add_argument("--save-params", metavar="FILE",
+                   help="with --set: write the changed parameters as JSON for bombcell's own run "
+                        "(param.update(json.load(open(FILE))) before bombcell.run_bombcell)")
+
+
 def build_parser():
     def sub_parser(name, help, description, examples, **kwargs):
         return sub.add_parser(name, help=help, description=description,
@@ -2025,6 +2489,10 @@ def build_parser():
     p.add_argument("dataset", nargs="+", help="Kilosort/phy dataset folder (or its params.py)")
     p.add_argument("--bombcell-dir", help="bombcell results folder (default: DATASET/bombcell)")
     p.add_argument("-v", "--verbose", action="store_true", help="print notes about each dataset")
+    _whatif_options(p)
+    p.add_argument("--out", metavar="FILE",
+                   help=f"write the reasons to FILE instead (required with --set; a what-if's "
+                        f"column is {WHATIF_COLUMN})")
     p.set_defaults(func=_cmd_export)
 
     p = sub_parser(
@@ -2039,7 +2507,34 @@ def build_parser():
     p.add_argument("--cluster", type=int, action="append", metavar="ID",
                    help="explain this cluster in full (repeatable)")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
+    _whatif_options(p)
     p.set_defaults(func=_cmd_explain)
+
+    p = sub_parser(
+        "summary", "counts per label, and per criterion the units it fails and blocks",
+        "Counts per label, and for every criterion: its threshold, the units failing it, its "
+        "sole blockers (units that turn GOOD when that threshold alone is relaxed) and the "
+        "metric's quantiles.  Thresholds that block the most units first.",
+        ["phy-bc-reason summary path/to/kilosort_output",
+         "phy-bc-reason summary path/to/kilosort_output --set maxRPVviolations=0.2 --json"])
+    p.add_argument("dataset", help="Kilosort/phy dataset folder (or its params.py)")
+    p.add_argument("--bombcell-dir", help="bombcell results folder (default: DATASET/bombcell)")
+    p.add_argument("--json", action="store_true", help="one JSON object per criterion and line")
+    _whatif_options(p)
+    p.set_defaults(func=_cmd_summary)
+
+    p = sub_parser(
+        "rerun", "run bombcell again on the saved clustering (what phy's Re-run bombcell does)",
+        "Run bombcell again on DATASET's saved clustering with its saved parameters (changed by "
+        "--set), into a new folder; on success its TSVs move into DATASET and DATASET/bombcell "
+        f"becomes DATASET/{PREVIOUS_DIRNAME}.  A failed run changes nothing.  Needs bombcell in "
+        "this Python environment.",
+        ["phy-bc-reason rerun path/to/kilosort_output",
+         "phy-bc-reason rerun path/to/kilosort_output --set maxRPVviolations=0.2"])
+    p.add_argument("dataset", help="Kilosort/phy dataset folder (or its params.py)")
+    p.add_argument("--set", action="append", metavar="PARAM=VALUE",
+                   help="run with this parameter changed (repeatable)")
+    p.set_defaults(func=_cmd_rerun)
 
     p = sub_parser("rules", "print the rule table (Markdown)",
                    "Print bombcell 0.94's classification rules, as this tool applies them, as a "
@@ -2382,6 +2877,275 @@ class ReasonBook:
         return self._info[cluster_id]
 
 
+WHATIF_PREFIX = "WHAT-IF "  # starts every classified row of the column during a what-if
+
+
+class _WhatIfBook(ReasonBook):
+    """The book phy shows during a what-if: the what-if classification's reasons, each row
+    starting with "WHAT-IF ", the view with a banner naming the changes.  Clusters without a
+    bombcell row keep the real book's texts."""
+
+    def __init__(self, whatif, real_book):
+        super().__init__(classification=whatif)
+        self.real_book = real_book
+        self.adopt_origins(real_book)
+
+    def reason(self, cluster_id):
+        text = super().reason(cluster_id)
+        return WHATIF_PREFIX + text if int(cluster_id) in self._base else text
+
+    def html(self, cluster_ids):
+        page = super().html(cluster_ids)
+        banner = (f"<p style='color:#e0b040'><b>WHAT-IF</b> (not bombcell's saved labels): "
+                  f"{_esc(whatif_changes_text(self.classification))}; :bcreset to go back</p>")
+        return page.replace("<body>", "<body>" + banner, 1)
+
+
+class _WhatIfLogic:
+    """The plugin's what-if, summary, metric view and re-run (a part of _PluginLogic).
+
+    During a what-if ``self.book`` is a _WhatIfBook, so the column, the views and the tooltips
+    show it; ``self.real_book`` is the saved classification's, which phy's save writes."""
+
+    def _init_whatif(self):
+        self._real_book = None
+        self.metric_views = []
+        self.summary_views = []
+        self.run = None
+
+    @property
+    def real_book(self):
+        return self._real_book if getattr(self, "_real_book", None) is not None else self.book
+
+    @property
+    def whatif_changes(self):
+        return dict(self.book.classification.changes) if self._real_book is not None else {}
+
+    def shown_classification(self):
+        return self.book.classification if self.book.ok else None
+
+    def _register_whatif_views(self, controller):
+        controller.view_creator[METRIC_VIEW_NAME] = self._create_metric_view
+        controller.view_creator[SUMMARY_VIEW_NAME] = self._create_summary_view
+
+    def _create_metric_view(self):
+        _define_phy_classes()
+        return sys.modules[__name__].BombcellMetricView(self)
+
+    def _create_summary_view(self):
+        _define_phy_classes()
+        return sys.modules[__name__].BombcellSummaryView(self)
+
+    def _create_whatif_actions(self, actions):
+        actions.separator()
+        actions.add(self._action_bcset, name="what-if: set a parameter", alias="bcset",
+                    prompt=True, n_args=2,
+                    docstring="What-if: classify as if PARAM were VALUE (cumulative; negative "
+                              "values as m0.01). Example: `maxRPVviolations 0.3`")
+        actions.add(self._action_bcreset, name="what-if: back to the saved parameters",
+                    alias="bcreset")
+        actions.add(self._action_save_whatif, name="what-if: save the changed parameters",
+                    alias="bcsave")
+        actions.separator()
+        actions.add(self._action_summary, name="bombcell summary", alias="bcsum")
+        actions.add(self._action_metric_view, name="bombcell metric view", alias="bcplot")
+        actions.separator()
+        actions.add(self._action_rerun, name="re-run bombcell", alias="bcrun")
+        actions.add(self._action_cancel_rerun, name="cancel the bombcell re-run", alias="bccancel")
+
+    @_guarded("the :bcset snippet")
+    def _action_bcset(self, param, value):
+        """What-if: classify as if PARAM were VALUE (cumulative).  Example: `maxRPVviolations 0.3`"""
+        self.set_whatif({str(param): _snippet_value(value)})
+
+    @_guarded("the :bcreset snippet")
+    def _action_bcreset(self):
+        """Back to the saved parameters: the real labels and reasons."""
+        self.reset_whatif()
+
+    @_guarded("Save what-if parameters")
+    def _action_save_whatif(self):
+        """Write the what-if's changed parameters as JSON for bombcell's own run."""
+        self.save_whatif_params()
+
+    @_guarded("Bombcell summary")
+    def _action_summary(self):
+        """Counts per label; per criterion the units failing it and its sole blockers."""
+        self.show_summary()
+
+    @_guarded("Bombcell metric view")
+    def _action_metric_view(self):
+        """The distribution of the selected cluster's deciding metric, with its threshold."""
+        self._show_dock(METRIC_VIEW_NAME)
+
+    @_guarded("Re-run bombcell")
+    def _action_rerun(self):
+        """Run bombcell again on the saved clustering (in a separate process) and reload."""
+        self.start_rerun()
+
+    @_guarded("Cancel the bombcell re-run")
+    def _action_cancel_rerun(self):
+        """Stop a running re-run: the previous results stay."""
+        self.cancel_rerun()
+
+    # -- what-if ----------------------------------------------------------------------------------
+
+    def set_whatif(self, changes):
+        """Show the labels and reasons as if ``changes`` were bombcell's parameters (on top of
+        the current what-if).  A bad parameter or value: one line, nothing changes."""
+        real = self.real_book
+        if not real.ok:
+            self.say(f"bombcell what-if: no bombcell results ({real.error})", logging.WARNING)
+            return None
+        try:
+            result = self.book.classification.what_if(changes)
+        except BombcellReasonError as e:
+            self.say(f"bombcell what-if: {e}", logging.WARNING)
+            return None
+        if result is real.classification:
+            return self.reset_whatif()
+        self._real_book = real
+        self.book = _WhatIfBook(result, real)
+        self._whatif_redraw()
+        counts = ", ".join(f"{k} {v}" for k, v in label_counts(result.label).items())
+        real_counts = ", ".join(f"{k} {v}" for k, v in label_counts(real.classification.label).items())
+        self.say(f"WHAT-IF {whatif_changes_text(result)}: {counts} (saved: {real_counts}); "
+                 f":bcreset to go back, :bcsave to keep the parameters for bombcell, :bcrun to "
+                 f"re-run bombcell with them")
+        return result
+
+    def reset_whatif(self):
+        """Back to the saved parameters (exactly the book that was shown before the what-if)."""
+        if self._real_book is None:
+            self.say("bombcell what-if: none active")
+            return None
+        self.book, self._real_book = self._real_book, None
+        self._whatif_redraw()
+        self.say(f"what-if ended: {self.summary()}")
+        return self.book.classification
+
+    def _whatif_redraw(self):
+        self._refresh_tables()
+        selected = self.controller.supervisor.selected
+        for view in self.gui.list_views(VIEW_NAME) if self.gui is not None else ():
+            view.show_selection(selected)
+        self._redraw_whatif_views()
+
+    def _redraw_whatif_views(self):
+        for view in list(self.metric_views):
+            view.plot()
+        for view in list(self.summary_views):
+            view.refresh()
+
+    def save_whatif_params(self, path=None):
+        changes = self.whatif_changes
+        if not changes:
+            self.say("bombcell what-if: no changed parameters to save (:bcset PARAM VALUE first)",
+                     logging.WARNING)
+            return None
+        path = write_params_file(path or self.dataset_dir / WHATIF_PARAMS_NAME, changes)
+        self.say(f"what-if parameters written to {path}: param.update(json.load(open(...))) before "
+                 f"bombcell.run_bombcell, or Re-run bombcell now (it applies them)")
+        return path
+
+    # -- summary and metric view --------------------------------------------------------------
+
+    def show_summary(self):
+        view = self._show_dock(SUMMARY_VIEW_NAME)
+        result = self.shown_classification()
+        if result is not None:
+            top = result.summary()["criteria"][0]
+            self.say(f"bombcell summary: {self.summary()}; most blocking: {top['criterion']} "
+                     f"({top['n_sole_blocker']} unit(s) would be GOOD without it)")
+        return view
+
+    def _show_dock(self, name):
+        views = self.gui.list_views(name)
+        view = views[0] if views else self.gui.create_and_add_view(name)
+        dock = getattr(view, "dock", None)
+        if dock is not None:
+            dock.show()
+            dock.raise_()
+        return view
+
+    # -- re-run -----------------------------------------------------------------------------------
+
+    def start_rerun(self):
+        """Run bombcell on the saved clustering in a child process (with the what-if's changes
+        when one is active).  Refused while phy has unsaved changes or a run is going."""
+        if self.run is not None and self.run.running:
+            self.say("bombcell re-run: already running (Bombcell > Cancel the bombcell re-run)",
+                     logging.WARNING)
+            return None
+        supervisor = self.controller.supervisor
+        if supervisor.is_dirty():
+            self.say("bombcell re-run refused: the clustering has unsaved changes; save it first "
+                     "(Ctrl+S), so that bombcell runs on what you see", logging.WARNING)
+            return None
+        if not (self.dataset_dir / BOMBCELL_DIRNAME / PARAMS_FILE).exists():
+            self.say(f"bombcell re-run: no saved bombcell parameters in "
+                     f"{self.dataset_dir / BOMBCELL_DIRNAME}; run bombcell once first", logging.WARNING)
+            return None
+        _define_phy_classes()
+        changes = self.whatif_changes
+        self.run = sys.modules[__name__]._BombcellRun(self, changes)
+        self.run.start()
+        self.say("bombcell re-run started (separate process" + (
+            f", with the what-if {whatif_changes_text(self.book.classification)}" if changes else
+            ", saved parameters") + "); phy stays usable")
+        return self.run
+
+    def cancel_rerun(self):
+        if self.run is None or not self.run.running:
+            self.say("bombcell re-run: none running")
+            return
+        self.run.cancel()
+        self.say("bombcell re-run: cancelling; the previous results stay")
+
+    def rerun_finished(self, run, ok):
+        if run is not self.run:
+            return
+        if not ok:
+            run.cleanup()
+            why = "cancelled" if run.cancelled else (run.lines[-1] if run.lines else "no output")
+            self.say(f"bombcell re-run failed ({why[:200]}); previous results and "
+                     f"{TSV_NAME} untouched", logging.WARNING)
+            return
+        if self._real_book is not None:  # the re-run applied the what-if: it is real now
+            self.book, self._real_book = self._real_book, None
+        # One refresh of each table (phy 2.1 sizes every cell at each change): bombcell's new
+        # labels go into phy's memory first, then into the rows reload() refreshes.
+        self._extra_rows = self._reload_bombcell_labels()
+        try:
+            self.reload()
+        finally:
+            self._extra_rows = None
+        notes = [line[len("note: "):] for line in run.lines if line.startswith("note: ")]
+        self.say("bombcell re-run done: " + self.summary() + (f"; {notes[0]}" if notes else ""))
+
+    def _reload_bombcell_labels(self):
+        """phy keeps bombcell's cluster_*.tsv labels in memory and writes them back on save:
+        take the new ones (silently, outside the undo stack).  Returns {cluster_id: {field:
+        value}} for the tables."""
+        supervisor = self.controller.supervisor
+        meta = supervisor.cluster_meta
+        new = {}
+        for field in meta.fields:
+            path = self.dataset_dir / f"cluster_{field}.tsv"
+            if field == COLUMN or not path.exists() or not field.startswith(("bc_",)) \
+                    and field not in self.real_book.metric_columns():
+                continue
+            for cluster_id, value in read_cluster_tsv(path).items():  # ids written as 12.0
+                try:
+                    value = float(value) if field != UNIT_TYPE_COLUMN else value
+                except ValueError:
+                    pass
+                new.setdefault(cluster_id, {})[field] = value
+        if new:
+            meta.from_dict(new)
+        return new
+
+
 # -- HTML (QTextBrowser's rich-text subset: tables, inline styles, a document stylesheet) --------
 # Written for the view's width in phy's default layout (~260 px at 1920x1080; fits from 230 px
 # up, tested): every line may wrap (long criterion names break at their spaces), only the short
@@ -2564,7 +3328,7 @@ SHOW_CRITERIA_SHORTCUT = "ctrl+alt+b"
 # -- the plugin -------------------------------------------------------------------------------
 
 
-class _PluginLogic:
+class _PluginLogic(_WhatIfLogic):
     """Everything ``BombcellReasonPlugin`` does; the phy class adds only ``IPlugin`` (phy is
     imported lazily, see ``_define_phy_classes``)."""
 
@@ -2580,6 +3344,7 @@ class _PluginLogic:
         self._startup_message = None
         self._reason_failed = False
         self.book = ReasonBook(error="bombcell reasons not loaded yet")
+        self._init_whatif()
         try:
             self._connect(self._on_controller_ready, "controller_ready", controller)
             self._connect(self._on_gui_ready, "gui_ready", controller)
@@ -2614,6 +3379,7 @@ class _PluginLogic:
         # In View > Add view.  Shown by default: added once in _on_gui_ready (phy's first start
         # copies its own default state.json, whose view_count would ignore default_views).
         controller.view_creator[VIEW_NAME] = self._create_view
+        self._register_whatif_views(controller)
 
     def _load_book(self, previous=None):
         book = ReasonBook.load(self.dataset_dir, previous=previous)
@@ -2684,6 +3450,8 @@ class _PluginLogic:
     @_guarded("following a clustering change")
     def _on_cluster(self, sender, up):
         self.book.record(up)
+        if self.real_book is not self.book:  # a what-if: the real book learns it too
+            self.real_book.record(up)
 
     @_guarded("writing the reasons TSV after phy's save")
     def _on_save_clustering(self, sender, *args, **kwargs):
@@ -2779,10 +3547,11 @@ class _PluginLogic:
 
     def write_tsv(self, on_save=False):
         """Write cluster_bc_classificationReason.tsv for phy's current clusters."""
-        if not self.book.ok:
-            self.say(f"bombcell reasons: {TSV_NAME} not written: {self.book.error}", logging.WARNING)
+        book = self.real_book  # never a what-if's reasons
+        if not book.ok:
+            self.say(f"bombcell reasons: {TSV_NAME} not written: {book.error}", logging.WARNING)
             return None
-        path = write_reason_tsv(self.dataset_dir, self.book.reasons(self._cluster_ids()))
+        path = write_reason_tsv(self.dataset_dir, book.reasons(self._cluster_ids()))
         self.say(f"bombcell reasons: wrote {path}{' after phy saved' if on_save else ''}")
         return path
 
@@ -2835,7 +3604,9 @@ class _PluginLogic:
     def _refresh_tables(self):
         """New values of our columns in both tables (``Table.change``, rows by id)."""
         supervisor = self.controller.supervisor
-        rows = [{"id": c, COLUMN: self.reason(c), N_FAILING_COLUMN: self.n_failing(c)}
+        extra = getattr(self, "_extra_rows", None) or {}  # bombcell's labels after a re-run
+        rows = [dict(extra.get(c, {}), id=c, **{COLUMN: self.reason(c),
+                                                  N_FAILING_COLUMN: self.n_failing(c)})
                 for c in self._cluster_ids()]
         for view in (supervisor.cluster_view, supervisor.similarity_view):
             view.change(rows)
@@ -2908,6 +3679,7 @@ class _PluginLogic:
                         docstring=f"Show or hide the {metric} column (from bombcell's "
                                   f"cluster_{metric}.tsv)")
             actions.get(name).setText(metric)
+        self._create_whatif_actions(actions)
 
     @_guarded("Show criteria of selected cluster")
     def _action_show_criteria(self):
@@ -2967,6 +3739,9 @@ class _PluginLogic:
         self.say(f"cluster {cluster_ids[0]}: {self.book.reason(cluster_ids[0])}")
 
     def reload(self):
+        changes = self.whatif_changes
+        if changes:  # reload the real results, then show the same what-if on them
+            self.book, self._real_book = self._real_book, None
         old = self.book
         book = self._load_book()
         book.adopt_origins(old)
@@ -2981,6 +3756,9 @@ class _PluginLogic:
             self.say(f"reloaded: {changes_text(old, book, self._cluster_ids())}; {self.summary()}")
         else:
             self.say(f"reload: bombcell reasons unavailable: {book.error}", logging.WARNING)
+        if changes and book.ok:
+            self.set_whatif(changes)
+        self._redraw_whatif_views()
 
     def set_raw_metrics_shown(self, shown):
         """Show exactly the raw bombcell metric columns in ``shown`` (remembered in phy's GUI
@@ -3123,6 +3901,317 @@ def _set_html_full_reasons(view, full_reasons_json):
         view.eval_js("bcFullReasons = %s;" % full_reasons_json())
 
 
+# -- the metric view, the summary and the re-run, as phy shows them ----------------------------
+# phy APIs used here, the same in phy 2.0b5 and 2.1 (tests run in both): ``ManualClusteringView``
+# (phy/cluster/views/base.py, as phy's HistogramView) with ``HistogramVisual``, ``LineVisual`` and
+# ``TextVisual`` on its stacked canvas, ``selected_cluster_color``, its ``status``/dock status and
+# view menu (``Actions.add(view_submenu=...)``); ``supervisor.is_dirty()`` (unsaved changes);
+# ``cluster_meta.from_dict`` (bombcell's labels after a re-run, outside the undo stack); Qt's
+# ``QProcess`` for the child process, so that phy's event loop only reads its output.
+
+METRIC_VIEW_NAME = "BombcellMetricView"
+SUMMARY_VIEW_NAME = "BombcellSummaryView"
+_FAIL_COLOR, _PASS_COLOR, _THRESHOLD_COLOR = (0.85, 0.3, 0.3, 1.0), (0.55, 0.55, 0.55, 1.0), (1.0, 1.0, 1.0, 1.0)
+
+
+def default_rule_index(result, cluster_ids, previous=None):
+    """The criterion the metric view shows for a selection: the first selected cluster's deciding
+    criterion, else its first failing one, else ``previous``, else the criterion that blocks the
+    most units."""
+    for cluster_id in list(cluster_ids)[:1]:
+        unit = result.row(cluster_id)
+        if unit is None:
+            continue
+        for mask in (result.decisive[:, unit], result.fails[:, unit]):
+            if mask.any():
+                return int(np.flatnonzero(mask)[0])
+    if previous is not None:
+        return previous
+    blockers = sole_blockers(result).sum(axis=1) + result.fails.sum(axis=1) * 1e-6
+    return int(np.argmax(blockers))
+
+
+def metric_plot(result, rule_index, cluster_ids, n_bins=60):
+    """What the metric view draws for one criterion: the histogram of its metric over every
+    labelled unit (failing units apart, values beyond the 1st/99th percentile in the edge bins),
+    the threshold and the selected clusters' values, and the dock status line."""
+    rule = RULES[rule_index]
+    labelled = ~np.isnan(result.codes)
+    values = result.values[rule_index, labelled]
+    fails = result.fails[rule_index, labelled]
+    finite = np.isfinite(values)
+    threshold = float(result.thresholds[rule_index])
+    enabled = bool((result.status[rule_index] != _DISABLED).any())
+    selected = []
+    for cluster_id in cluster_ids:
+        unit = result.row(cluster_id)
+        if unit is not None:
+            selected.append((int(cluster_id), float(result.values[rule_index, unit]),
+                             STATUSES[result.status[rule_index, unit]]))
+    if finite.any():
+        lo, hi = np.quantile(values[finite], [0.01, 0.99])
+    else:
+        lo, hi = 0.0, 1.0
+    marks = [threshold] if np.isfinite(threshold) and rule.op != "isnan" else []
+    marks += [v for _, v, _ in selected if np.isfinite(v)]
+    lo, hi = min([lo] + marks), max([hi] + marks)
+    if hi <= lo:
+        lo, hi = lo - max(1.0, abs(lo) * 0.1), hi + max(1.0, abs(hi) * 0.1)
+    pad = (hi - lo) * 0.04
+    lo, hi = lo - pad, hi + pad
+    clipped = np.clip(values[finite], lo, hi)
+    hist_fail, edges = np.histogram(clipped[fails[finite]], bins=n_bins, range=(lo, hi))
+    hist_pass, _ = np.histogram(clipped[~fails[finite]], bins=n_bins, range=(lo, hi))
+    crit = rule.name if rule.op == "isnan" else f"{rule.metric} {rule.op} {rule.param} = {format_number(threshold)}"
+    parts = [crit + ("" if enabled else " (off)")]
+    parts += [f"cluster {c}: {format_number(v)} ({s})" for c, v, s in selected[:2]]
+    if result.changes:
+        parts.append("WHAT-IF")
+    return {"rule": rule, "lo": float(lo), "hi": float(hi), "hist_fail": hist_fail,
+            "hist_pass": hist_pass, "ylim": float(max(1, (hist_fail + hist_pass).max())),
+            "threshold": threshold if marks[:1] == [threshold] else None,
+            "selected": selected, "n_nan": int((~finite).sum()), "status": "; ".join(parts)}
+
+
+def summary_html(result):
+    """The *Bombcell summary* as HTML for the summary view (the CLI's table, monospace)."""
+    header = whatif_header(result)
+    text = format_summary(result.summary())
+    body = (f"<p style='color:#e0b040'><b>{_esc(header)}</b></p>" if header else "")
+    return _html_page(body + f"<pre style='font-size:9pt'>{_esc(text)}</pre>")
+
+
+def rerun_command(dataset_dir, changes=None):
+    """The child process of phy's *Re-run bombcell*: this file run as a script (bombcell is never
+    imported in phy's own process)."""
+    cmd = [sys.executable, "-u", str(Path(__file__).resolve()), "rerun", str(dataset_dir)]
+    for key, value in (changes or {}).items():
+        cmd += ["--set", f"{key}={_param_text(value)}"]
+    return cmd
+
+
+def _snippet_value(value):
+    """A value typed in a phy snippet.  phy's snippet parser reads "-" as a range (``1-5``), so a
+    negative value is typed with a leading ``m``: ``m0.01`` is -0.01, ``minf`` is -inf."""
+    if isinstance(value, str) and value[:1] == "m" and value[1:].replace(".", "", 1).isdigit() \
+            or value == "minf":
+        return "-" + value[1:]
+    return value
+
+
+def _define_whatif_classes(module):
+    """The phy/Qt classes of the what-if, summary and re-run features (called by
+    _define_phy_classes): ``BombcellMetricView``, ``BombcellSummaryView``, ``_BombcellRun``."""
+    from functools import partial
+
+    from phy.cluster.views.base import ManualClusteringView
+    from phy.plot.visuals import HistogramVisual, LineVisual, TextVisual
+    from phy.utils.color import selected_cluster_color
+    from PyQt5.QtCore import QProcess, QProcessEnvironment
+    from PyQt5.QtWidgets import QTextBrowser
+
+    class BombcellMetricView(ManualClusteringView):
+        """The distribution of one bombcell metric over all units, failing units in red, with
+        the threshold (white) and the selected clusters (their selection colours).  Follows the
+        selection: the first selected cluster's deciding criterion, unless one is picked in the
+        view's menu."""
+        _default_position = "right"
+        n_bins = 60
+        _state_attrs = ("n_bins",)
+
+        def __init__(self, plugin):
+            super().__init__()
+            self.plugin = plugin
+            self.state_attrs += self._state_attrs
+            self.rule_index = None  # what is drawn
+            self.pinned = None  # a criterion picked in the menu (None: follow the selection)
+            self.data = None
+            self.canvas.set_layout(layout="stacked", n_plots=1)
+            self.canvas.enable_axes()
+            self.hist_visual = HistogramVisual()
+            self.canvas.add_visual(self.hist_visual)
+            self.line_visual = LineVisual()
+            self.canvas.add_visual(self.line_visual)
+            self.text_visual = TextVisual(color=(1.0, 1.0, 1.0, 1.0))
+            self.canvas.add_visual(self.text_visual)
+
+        def attach(self, gui):
+            super().attach(gui)
+            self.actions.add(self.follow_selection, name="follow the selection")
+            self.actions.separator()
+            for i, rule in enumerate(RULES):
+                if rule.op == "isnan":
+                    continue
+                self.actions.add(partial(self.set_criterion, i), name=f"show {rule.name}",
+                                 alias=f"_bcmetric{i}", view_submenu="Criterion",
+                                 docstring=f"Show {rule.metric} and {rule.param}", show_shortcut=False)
+            self.plugin.metric_views.append(self)
+            self.on_select(cluster_ids=list(self.plugin.controller.supervisor.selected))
+
+        def on_select(self, cluster_ids=None, **kwargs):
+            self.cluster_ids = list(cluster_ids or ())
+            try:
+                self.plot()
+            except Exception as e:  # a view must never break phy's selection
+                _report_exception("drawing the Bombcell metric view", e, self.plugin.gui)
+
+        def follow_selection(self):
+            """Show the selected cluster's deciding criterion (the default)."""
+            self.pinned = None
+            self.plot()
+
+        def set_criterion(self, rule_index):
+            """Show this criterion whatever the selection."""
+            self.pinned = int(rule_index)
+            self.plot()
+
+        def plot(self, **kwargs):
+            result = self.plugin.shown_classification()
+            if result is None:
+                self.data = None
+                return
+            if self.pinned is not None:
+                self.rule_index = self.pinned
+            else:
+                self.rule_index = default_rule_index(result, self.cluster_ids, self.rule_index)
+            data = self.data = metric_plot(result, self.rule_index, self.cluster_ids, self.n_bins)
+            lo, hi, ylim = data["lo"], data["hi"], data["ylim"]
+            self.data_bounds = (lo, 0, hi, ylim)
+            self.canvas.stacked.n_boxes = 1
+            self.hist_visual.reset_batch()
+            self.hist_visual.add_batch_data(hist=data["hist_pass"], ylim=ylim, color=_PASS_COLOR,
+                                            box_index=0)
+            self.hist_visual.add_batch_data(hist=data["hist_fail"], ylim=ylim, color=_FAIL_COLOR,
+                                            box_index=0)
+            lines, colors = [], []
+            if data["threshold"] is not None:
+                lines.append([data["threshold"], 0, data["threshold"], ylim])
+                colors.append(_THRESHOLD_COLOR)
+            for k, (_, value, _) in enumerate(data["selected"]):
+                if np.isfinite(value):
+                    lines.append([value, 0, value, ylim * 0.9])
+                    colors.append(tuple(selected_cluster_color(k)))
+            self.line_visual.reset_batch()
+            if lines:
+                self.line_visual.add_batch_data(pos=np.array(lines, dtype=float),
+                                                color=np.array(colors), data_bounds=self.data_bounds,
+                                                box_index=0)
+            else:  # an empty batch: a line of no length, out of sight
+                self.line_visual.add_batch_data(pos=np.zeros((1, 4)), color=(0, 0, 0, 0),
+                                                box_index=0)
+            rule = data["rule"]
+            title = f"{rule.metric}" + (f"  ({data['n_nan']} NaN not shown)" if data["n_nan"] else "")
+            if self.plugin.shown_classification().changes:
+                title += "  WHAT-IF"
+            self.text_visual.reset_batch()
+            self.text_visual.add_batch_data(text=[title], pos=[(-0.97, 0.97)], anchor=[(1, -1)],
+                                            box_index=0)
+            self.canvas.update_visual(self.hist_visual)
+            self.canvas.update_visual(self.line_visual)
+            self.canvas.update_visual(self.text_visual)
+            self._update_axes()
+            self.canvas.update()
+            self.update_status()
+
+        @property
+        def status(self):
+            return self.data["status"] if self.data else "no bombcell results"
+
+        def on_close_view(self, *args):
+            if self in self.plugin.metric_views:
+                self.plugin.metric_views.remove(self)
+
+    class BombcellSummaryView(QTextBrowser):
+        """Counts per label, and per criterion the units failing it and its sole blockers."""
+
+        def __init__(self, plugin):
+            super().__init__()
+            self.plugin = plugin
+            self.setReadOnly(True)
+            self.setLineWrapMode(QTextBrowser.NoWrap)
+            self.setStyleSheet("QTextBrowser { background-color: black; color: #ddd; border: 0; }")
+
+        def attach(self, gui):
+            gui.add_view(self, position="right")
+            self.plugin.summary_views.append(self)
+            self.refresh()
+
+        def refresh(self):
+            result = self.plugin.shown_classification()
+            if result is None:
+                self.setHtml(_html_page(f"<p>{_esc(self.plugin.summary())}</p>"))
+                return
+            self.setHtml(summary_html(result))
+            dock = getattr(self, "dock", None)
+            if dock is not None:
+                dock.set_status("WHAT-IF: " + whatif_changes_text(result) if result.changes
+                                else "saved parameters")
+
+    class _BombcellRun:
+        """bombcell in a child process (QProcess: phy's event loop only reads its output),
+        progress in the status bar, reload on success; see rerun_bombcell."""
+
+        def __init__(self, plugin, changes):
+            self.plugin = plugin
+            self.changes = dict(changes)
+            self.dataset_dir = plugin.dataset_dir
+            self.process = QProcess()
+            self.process.setProcessChannelMode(QProcess.MergedChannels)
+            env = QProcessEnvironment.systemEnvironment()
+            env.insert("PYTHONIOENCODING", "utf-8")
+            env.insert("MPLBACKEND", "Agg")
+            self.process.setProcessEnvironment(env)
+            self.process.readyRead.connect(self._on_output)
+            self.process.finished.connect(self._on_finished)
+            self.lines = []
+            self.pid = None
+            self.cancelled = False
+
+        def start(self):
+            cmd = rerun_command(self.dataset_dir, self.changes)
+            self.process.start(cmd[0], cmd[1:])
+            self.pid = int(self.process.processId() or 0) or None
+
+        @property
+        def running(self):
+            return self.process.state() != QProcess.NotRunning
+
+        def cancel(self):
+            self.cancelled = True
+            self.process.terminate()  # the child ignores it while it swaps folders (install_rerun)
+
+        def _on_output(self):
+            try:
+                text = bytes(self.process.readAll()).decode("utf-8", "replace")
+                lines = [line.strip() for line in text.splitlines() if line.strip()]
+                if lines:
+                    self.lines = (self.lines + lines)[-200:]
+                    self.plugin.say(f"bombcell re-run: {lines[-1][:150]}")
+            except Exception as e:
+                _report_exception("reading bombcell's output", e, self.plugin.gui)
+
+        def _on_finished(self, exit_code, exit_status=None):
+            try:
+                self._on_output()
+                self.plugin.rerun_finished(self, exit_code == 0 and RERUN_DONE in self.lines
+                                           and not self.cancelled)
+            except Exception as e:
+                _report_exception("finishing the bombcell re-run", e, self.plugin.gui)
+
+        def cleanup(self):
+            """Remove the new folder of a failed or cancelled run (the child cannot when killed)."""
+            import shutil
+            if self.pid:
+                shutil.rmtree(Path(self.dataset_dir) / f"{RERUN_PREFIX}{self.pid}", ignore_errors=True)
+
+    for cls in (BombcellMetricView, BombcellSummaryView, _BombcellRun):
+        cls.__module__ = module.__name__
+        cls.__qualname__ = cls.__name__
+    module.BombcellMetricView = BombcellMetricView
+    module.BombcellSummaryView = BombcellSummaryView
+    module._BombcellRun = _BombcellRun
+
+
 def _define_phy_classes():
     """Create (once) the classes that need phy and Qt, register the plugin with phy, and return
     ``(BombcellReasonPlugin, BombcellReasonView, ReasonTooltip, FirstOpenSizer)``."""
@@ -3234,13 +4323,15 @@ def _define_phy_classes():
         cls.__qualname__ = cls.__name__
     module.BombcellReasonPlugin = BombcellReasonPlugin
     module.BombcellReasonView = BombcellReasonView
+    _define_whatif_classes(module)
     module.ReasonTooltip = ReasonTooltip
     module._PHY_CLASSES = (BombcellReasonPlugin, BombcellReasonView, ReasonTooltip, FirstOpenSizer)
     return module._PHY_CLASSES
 
 
 def __getattr__(name):  # PEP 562: the phy classes on first use, without importing phy earlier
-    if name in ("BombcellReasonPlugin", "BombcellReasonView"):
+    if name in ("BombcellReasonPlugin", "BombcellReasonView", "BombcellMetricView",
+                "BombcellSummaryView", "_BombcellRun"):
         _define_phy_classes()
         return sys.modules[__name__].__dict__[name]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

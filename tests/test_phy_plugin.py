@@ -350,7 +350,11 @@ def test_show_criteria_action_and_bc_snippet(phy, dataset):
     names = [a.text() for a in menu.actions() if a.text()]
     assert names == ["Show criteria of selected cluster", "Select cluster and show criteria",
                      "Export reasons TSV now", "Reload bombcell results",
-                     "Raw bombcell metric columns"]
+                     "Raw bombcell metric columns",
+                     # issue 10: what-if, summary, metric view, re-run (tests/test_whatif_phy.py)
+                     "What-if: set a parameter", "What-if: back to the saved parameters",
+                     "What-if: save the changed parameters", "Bombcell summary",
+                     "Bombcell metric view", "Re-run bombcell", "Cancel the bombcell re-run"]
 
 
 def _shortcut_owners(gui):

@@ -275,3 +275,12 @@ def test_no_criterion_at_all_leaves_every_unit_good(tmp_path):
     assert result.rules == () and set(result.label) == {"GOOD"}
     assert set(result.reason) == {"GOOD: passed all thresholds"} and not result.label_differs.any()
     assert result.n_failing.tolist() == [0] * len(result)
+
+
+def test_what_if_and_summary_refused_in_one_line(tmp_path):
+    """What-ifs and sole blockers re-run bombcell's own table: refused on the SI route."""
+    result = pr.classify_dataset(_folder(tmp_path))
+    for call in (lambda: result.what_if({"maxRPVviolations": 0.5}), result.summary):
+        with pytest.raises(pr.BombcellReasonError) as e:
+            call()
+        assert "\n" not in str(e.value) and "SpikeInterface route" in str(e.value)

@@ -20,7 +20,9 @@ VPY := $(VENV)/bin/python
 VPY20 := $(VENV20)/bin/python
 # The phy 2.0b5 environment: what a lab has (installed first), then kept as pip constraints.
 ENV20 := tests/envs/phy-2.0b5.txt
-# Written after a successful `pip install -e .[test]`; re-install only when the packaging changes.
+# Written after a successful `pip install -e .[test,test-spikeinterface]` (the SpikeInterface
+# route's tests; SpikeInterface needs numpy >= 2, so .venv-phy20 gets only .[test] and those tests
+# skip there); re-install only when the packaging changes.
 STAMP := $(VENV)/.phy-bc-reason-install.stamp
 STAMP20 := $(VENV20)/.phy-bc-reason-install.stamp
 PIP_QUIET := --quiet --progress-bar off
@@ -67,7 +69,7 @@ $(VPY20):
 
 $(STAMP): setup.cfg pyproject.toml | $(VPY)
 	@echo "Installing phy-bc-reason (phy 2.1) and its test tools into $(VENV) (1-4 minutes: 3-4 on a fresh machine)"
-	$(VPY) -m pip install $(PIP_QUIET) -e '.[test]'
+	$(VPY) -m pip install $(PIP_QUIET) -e '.[test,test-spikeinterface]'
 	@touch $@
 
 # First the lab's phy 2.0b5 environment, as a user has it; then the project and its test tools

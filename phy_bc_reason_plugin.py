@@ -9,10 +9,13 @@ One file, three ways in:
 * a Python API for notebooks: ``load_reasons(dataset_dir)`` and ``explain_cluster(...)``.
 
 Everything is derived from one declarative table, ``RULES``, which mirrors bombcell 0.94's
-``bombcell.quality_metrics.get_quality_unit_type``.  bombcell itself is never imported here
-(only ``phy-bc-reason rerun``, a child process of phy's *Re-run bombcell*, runs it): it costs
-seconds and prints to stdout, and its results are plain parquet files.  The property tests
-in ``tests/`` prove that the labels computed here equal bombcell's own on many random tables.
+``bombcell.quality_metrics.get_quality_unit_type``; results of bombcell's SpikeInterface route
+(``run_bombcell_qc``: CSV/JSON, labelled by SpikeInterface's ``bombcell_label_units``) get their
+own table, derived from their thresholds.json (section "The SpikeInterface route").  bombcell
+and SpikeInterface are never imported here (only ``phy-bc-reason rerun``, a child process of
+phy's *Re-run bombcell*, runs bombcell): they cost seconds and print to stdout, and their
+results are plain parquet, CSV and JSON files.  The property tests in ``tests/`` prove that the
+labels computed here equal bombcell's (and SpikeInterface's) own on many random tables.
 """
 
 import argparse
@@ -811,6 +814,10 @@ def comparison_text(op, value, threshold, status):
 class Classification:
     """Labels, reasons and every criterion of every unit of one bombcell run."""
 
+    rules = RULES  # the rule table behind every array below (the SpikeInterface route has its own)
+    route = "bombcell"
+    _reason_order = _REASON_ORDER
+
     def __init__(self, params, metrics, cluster_ids, bombcell_label=None, notes=(), source_mtime=0.0,
                  source="", version_note=None, changes=None, real=None):
         self.params = params
@@ -861,7 +868,7 @@ class Classification:
         if texts is None:
             texts = cache[key] = np.full(len(self), None, dtype=object)
         todo = units[np.equal(texts[units], None)]
-        texts[todo] = [short_criterion_text(RULES[i], v, self.thresholds[i])
+        texts[todo] = [short_criterion_text(self.rules[i], v, self.thresholds[i])
                        for v in self.values[i, todo]]
         return texts[units]
 
@@ -870,9 +877,9 @@ class Classification:
         name with value and threshold, and "+N" for the others deciding it too
         (``MUA: fraction RPVs 0.23 > 0.1 +1``).  At most ~40 characters, so that phy's cluster
         view shows it whole beside fr and n_spikes; ``full_reason`` names every criterion."""
-        mask = self.decisive[_REASON_ORDER]
+        mask = self.decisive[self._reason_order]
         count = mask.sum(axis=0)
-        first = _REASON_ORDER[np.argmax(mask, axis=0)]
+        first = self._reason_order[np.argmax(mask, axis=0)]
         texts = np.full(len(self), "passed all thresholds", dtype=object)
         texts[np.isnan(self.codes)] = "no spikes"
         for i in np.unique(first[count > 0]):  # rule by rule: only numbers touch single units
@@ -883,7 +890,7 @@ class Classification:
         # A unit whose RPV failure bombcell forgives (uncertain estimate, keepUncertainRPVUnits)
         # and that nothing else decides says so, rather than "passed all thresholds".
         kept = self.kept.any(axis=0) & (count == 0) & ~np.isnan(self.codes)
-        texts[kept] = [f"{RULES[i].short_name} kept (uncertain)"
+        texts[kept] = [f"{self.rules[i].short_name} kept (uncertain)"
                        for i in np.argmax(self.kept[:, kept], axis=0)]
         labels = np.where(self.label == "", NO_LABEL, self.label).astype(object)
         reasons = labels + ": " + texts
@@ -904,12 +911,12 @@ class Classification:
             kept = np.flatnonzero(self.kept[:, unit])
             if len(kept) and not np.isnan(self.codes[unit]):
                 i = kept[0]
-                return (f"{label}: {criterion_text(RULES[i], self.values[i, unit], self.thresholds[i])}"
+                return (f"{label}: {criterion_text(self.rules[i], self.values[i, unit], self.thresholds[i])}"
                         f" kept: uncertain RPV estimate, kept by keepUncertainRPVUnits")
             return f"{label}: " + ("unit has no spikes (nSpikes = 0); bombcell leaves it unlabelled"
                                    if np.isnan(self.codes[unit]) else "passed all thresholds")
         return f"{label}: " + "; ".join(
-            criterion_text(RULES[i], self.values[i, unit], self.thresholds[i]) for i in decisive)
+            criterion_text(self.rules[i], self.values[i, unit], self.thresholds[i]) for i in decisive)
 
     @property
     def n_failing(self):
@@ -989,9 +996,9 @@ class Classification:
         return notes
 
     def criteria(self, unit, only=None):
-        """The criteria of one unit as JSON-able dicts (``only``: boolean mask over RULES)."""
+        """The criteria of one unit as JSON-able dicts (``only``: boolean mask over the rules)."""
         out = []
-        for i, rule in enumerate(RULES):
+        for i, rule in enumerate(self.rules):
             if only is not None and not only[i]:
                 continue
             value, threshold = self.values[i, unit], self.thresholds[i]
@@ -1084,6 +1091,8 @@ def classify_dataset(dataset_dir, bombcell_dir=None):
     """Read one dataset's bombcell results and classify every unit. Raises BombcellReasonError."""
     dataset_dir = dataset_path(dataset_dir)
     folder = find_bombcell_dir(dataset_dir, bombcell_dir)
+    if is_spikeinterface_folder(folder):  # run_bombcell_qc's CSV/JSON: SpikeInterface's rules
+        return classify_spikeinterface(dataset_dir, folder)
     params_file, metrics_file = folder / PARAMS_FILE, folder / METRICS_FILE
     if not params_file.exists() and not metrics_file.exists() and not any(folder.iterdir()):
         raise BombcellReasonError(f"{folder}: empty; run bombcell on this dataset to fill it")
@@ -1158,6 +1167,470 @@ def classify_dataset(dataset_dir, bombcell_dir=None):
 
 
 # ------------------------------------------------------------------------------------------------
+# The SpikeInterface route: rule table, reading and evaluation
+# ------------------------------------------------------------------------------------------------
+# bombcell's run_bombcell_qc(sorting_analyzer, output_folder) labels units with SpikeInterface's
+# spikeinterface.curation.bombcell_label_units, whose rules differ from bombcell's own
+# get_quality_unit_type, and writes CSV/JSON instead of parquet:
+#   labeling_results_wide.csv   one row per unit: the SI unit id (first, unnamed column), its
+#                               label, then every metric the labeller saw
+#   thresholds.json             {"noise"|"mua"|"non-somatic": {metric: {"greater", "less", "abs"}}}
+#                               as the user passed it (metrics never computed included)
+#   bombcell_config.json        {"split_non_somatic", "compute_valid_periods"}
+#   labeling_results_narrow.csv its "passed" column ignores abs, fails every NaN and tests every
+#                               stage on every unit: it contradicts the labels, so it is not read.
+# The rules below follow SpikeInterface 0.105.3's code (where its docstrings differ, the code):
+# * a side ``greater: g`` is a lower bound, passing at value >= g; ``less: l`` an upper bound,
+#   passing at <= l; None or NaN disables a side; ``abs`` compares |value|; a metric with both
+#   sides disabled, or not a column of the table, is dropped (SI only warns about the latter).
+# * noise: any failing side makes a unit NOISE; a NaN value fails.
+# * mua, on units that are not noise: any failing side makes it MUA; a NaN value passes, except
+#   for sliding_rp_violation, where NaN is the result "no contamination level is certain": fails.
+# * non-somatic, on units that are not noise: (width AND ratio) OR main peak OR extra, where the
+#   width group is narrow unless some width metric passes with a real value (NaN: narrow), the
+#   ratio and main-peak groups flag only real-valued failures, and the extra metrics (any other
+#   metric of the section) flag a unit only when every one of them fails, NaN failing (SI's
+#   docstring says each is OR'd in; its code ANDs them).  With split_non_somatic, good and mua
+#   units become non_soma_good / non_soma_mua; without, every non-noise one becomes non_soma.
+
+# The bombcell_label_units these rules follow; 0.105.0-0.105.3 have the same labelling code.
+# (0.104's differs, but bombcell 0.94's run_bombcell_qc does not run on it.)
+SPIKEINTERFACE_VERSION = "0.105.3"
+SI_WIDE_CSV = "labeling_results_wide.csv"
+SI_THRESHOLDS = "thresholds.json"
+SI_CONFIG = "bombcell_config.json"
+SI_UNIT_ID_MAP = "cluster_si_unit_ids.tsv"  # export_to_phy: phy cluster id -> SI unit id
+SI_SECTIONS = ("noise", "mua", "non-somatic")
+SI_SIDES = {"greater": "<", "less": ">"}  # side -> the comparison that fails it
+SI_NAN_FAILS_MUA = frozenset({"sliding_rp_violation"})
+# The non-somatic section's groups; any other metric there is an "extra" one.
+SI_GROUPS = {"peak_before_width": "width", "trough_width": "width",
+             "peak_before_to_trough_ratio": "ratio", "peak_before_to_peak_after_ratio": "ratio",
+             "main_peak_to_trough_ratio": "main peak"}
+SI_GROUP_NAMES = {  # in the criteria view, after "non-somatic"
+    "width": "width group: narrow unless a width metric passes (with ratio)",
+    "ratio": "ratio group (with width)",
+    "main peak": "main-peak group",
+    "extra": "extra metrics: all must fail",
+}
+# Groups that hold only when all their metrics fail; the others when any side fails.
+SI_ALL_FAIL_GROUPS = ("width", "extra")
+# SpikeInterface's labels, as written in the wide CSV, and as this tool shows them.
+SI_LABEL_NAMES = {"good": "GOOD", "mua": "MUA", "noise": "NOISE", "non_soma": "NON-SOMA",
+                  "non_soma_good": "NON-SOMA GOOD", "non_soma_mua": "NON-SOMA MUA"}
+SI_CONFIG_KEYS = frozenset({"split_non_somatic", "compute_valid_periods"})
+
+# spikeinterface.curation.bombcell_get_default_thresholds() of 0.105.3 (tested equal): the table
+# `phy-bc-reason rules --spikeinterface` prints.
+SI_DEFAULT_THRESHOLDS = {
+    "noise": {
+        "num_positive_peaks": {"greater": None, "less": 2},
+        "num_negative_peaks": {"greater": None, "less": 1},
+        "peak_to_trough_duration": {"greater": 0.0001, "less": 0.00115},
+        "waveform_baseline_flatness": {"greater": None, "less": 0.5},
+        "peak_after_to_trough_ratio": {"greater": None, "less": 0.8},
+        "exp_decay": {"greater": 0.01, "less": 0.1},
+    },
+    "mua": {
+        "amplitude_median": {"greater": 30, "less": None, "abs": True},
+        "snr": {"greater": 5, "less": None},
+        "amplitude_cutoff": {"greater": None, "less": 0.2},
+        "num_spikes": {"greater": 300, "less": None},
+        "sliding_rp_violation": {"greater": None, "less": 0.1},
+        "presence_ratio": {"greater": 0.7, "less": None},
+        "drift_ptp": {"greater": None, "less": 100},
+        "isolation_distance": {"greater": 20, "less": None},
+        "l_ratio": {"greater": None, "less": 0.3},
+    },
+    "non-somatic": {
+        "peak_before_to_trough_ratio": {"greater": None, "less": 3},
+        "peak_before_width": {"greater": 0.00015, "less": None},
+        "trough_width": {"greater": 0.0002, "less": None},
+        "peak_before_to_peak_after_ratio": {"greater": None, "less": 3},
+        "main_peak_to_trough_ratio": {"greater": None, "less": 0.8},
+    },
+}
+
+
+@dataclass(frozen=True)
+class SIRule(Rule):
+    """One side of one metric of a SpikeInterface threshold dictionary.  ``param`` names section,
+    metric and side (``mua.sliding_rp_violation.less``), ``op`` the failing comparison (``>`` for
+    a ``less`` bound), ``route`` the non-somatic group."""
+    threshold: float = np.nan
+    abs: bool = False
+    nan_fails: bool = False  # a NaN value fails this side (noise; sliding_rp_violation; width, extra)
+
+    @property
+    def name(self):
+        metric = f"abs({self.metric})" if self.abs else self.metric
+        return f"{metric}{self.op}{self.param}"
+
+
+def _si_threshold(value):
+    """A side's threshold: a number, or None/NaN (disabled, as SI's is_threshold_disabled)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{value!r} is not a number or null")
+    return None if value != value else float(value)
+
+
+def spikeinterface_rules(thresholds, columns=None):
+    """The rule table of one SpikeInterface threshold dictionary: one SIRule per enabled side,
+    in the dictionary's order, sections noise, mua, non-somatic.  ``columns``: the metric columns
+    of the table (None: every metric kept).  Returns (rules, dropped metrics as "section.metric").
+    Raises ValueError for a structure SpikeInterface 0.105 does not know."""
+    if not isinstance(thresholds, dict):
+        raise ValueError("not a JSON object of sections")
+    unknown = [k for k in thresholds if k not in SI_SECTIONS]
+    if unknown:
+        raise ValueError(f"unknown section {unknown[0]!r} (SpikeInterface {SPIKEINTERFACE_VERSION} "
+                         f"knows {', '.join(SI_SECTIONS)})")
+    rules, dropped = [], []
+    for section in SI_SECTIONS:
+        entries = thresholds.get(section) or {}
+        if not isinstance(entries, dict):
+            raise ValueError(f"section {section!r} is not a JSON object of metrics")
+        for metric, sides in entries.items():
+            if not isinstance(sides, dict) or not set(sides) <= {"greater", "less", "abs"}:
+                raise ValueError(f"{section}.{metric}: not an object of greater/less/abs")
+            try:
+                bounds = {side: _si_threshold(sides.get(side)) for side in SI_SIDES}
+            except ValueError as e:
+                raise ValueError(f"{section}.{metric}: {e}") from None
+            use_abs = sides.get("abs", False)
+            if not isinstance(use_abs, bool):
+                raise ValueError(f"{section}.{metric}.abs: {use_abs!r} is not true/false")
+            if columns is not None and metric not in columns:
+                dropped.append(f"{section}.{metric}")
+                continue
+            group = (SI_GROUPS.get(metric, "extra") if section == "non-somatic" else "")
+            nan_fails = (section == "noise" or group in SI_ALL_FAIL_GROUPS
+                         or section == "mua" and metric in SI_NAN_FAILS_MUA)
+            for side, op in SI_SIDES.items():
+                if bounds[side] is None:
+                    continue
+                short = f"|{metric}|" if use_abs else metric
+                rules.append(SIRule(section, metric, op, f"{section}.{metric}.{side}", route=group,
+                                    short=short, threshold=bounds[side], abs=use_abs,
+                                    nan_fails=nan_fails))
+    return tuple(rules), dropped
+
+
+def evaluate_spikeinterface(rules, metrics, split):
+    """SpikeInterface's bombcell_label_units on one table, every side of every metric at once:
+    an ``Evaluation`` (values as compared: |value| for abs sides; nothing is kept; codes are
+    never NaN: SpikeInterface labels units without spikes too)."""
+    n_units = len(next(iter(metrics.values()))) if metrics else 0
+    values = np.full((len(rules), n_units), np.nan)
+    status = np.full((len(rules), n_units), _PASS, dtype=np.int8)
+    fails = np.zeros((len(rules), n_units), dtype=bool)
+    with np.errstate(invalid="ignore"):
+        for i, rule in enumerate(rules):
+            value = np.asarray(metrics[rule.metric], dtype=float)
+            values[i] = np.abs(value) if rule.abs else value
+            nan = np.isnan(values[i])
+            fails[i] = values[i] < rule.threshold if rule.op == "<" else values[i] > rule.threshold
+            if rule.nan_fails:
+                fails[i] |= nan
+            else:
+                status[i, nan] = _NAN
+            status[i, fails[i]] = _FAIL
+    holds = _si_groups(rules, fails)
+    stage = np.array([r.stage for r in rules], dtype=object)
+    noise = fails[stage == "noise"].any(axis=0)
+    mua = ~noise & fails[stage == "mua"].any(axis=0)
+    non_somatic = ~noise & ((holds["width"] & holds["ratio"]) | holds["main peak"] | holds["extra"])
+    codes = np.where(noise, NOISE, np.where(mua, MUA, GOOD)).astype(float)
+    if split:  # only good and mua units are relabelled
+        codes[non_somatic & mua] = NON_SOMA_MUA
+    codes[non_somatic & (codes != NON_SOMA_MUA)] = NON_SOMA
+    thresholds = np.array([r.threshold for r in rules], dtype=float)
+    return Evaluation(values, thresholds, status, fails, np.zeros_like(fails), codes)
+
+
+def spikeinterface_decisive(rules, codes, fails):
+    """(n_rules, n_units): the failing criteria that produce each unit's label: the noise ones of
+    NOISE units, the MUA ones of MUA and NON-SOMA MUA units, and those of the non-somatic groups
+    that make a NON-SOMA unit (width and ratio together, main peak, extra)."""
+    holds = _si_groups(rules, fails)
+    non_somatic = np.isin(codes, (NON_SOMA, NON_SOMA_MUA))
+    deciding = {"noise": codes == NOISE, "mua": np.isin(codes, (MUA, NON_SOMA_MUA)),
+                "width": non_somatic & holds["width"] & holds["ratio"],
+                "main peak": non_somatic & holds["main peak"],
+                "extra": non_somatic & holds["extra"]}
+    deciding["ratio"] = deciding["width"]
+    stage_decides = np.array([deciding[r.route or r.stage] for r in rules], dtype=bool)
+    return fails & stage_decides.reshape(fails.shape)  # (also with no rule at all)
+
+
+def _si_groups(rules, fails):
+    """{group: per unit, whether the non-somatic group holds}."""
+    route = np.array([r.route for r in rules], dtype=object)
+    return {g: _si_group_holds(rules, fails, route == g) for g in SI_GROUP_NAMES}
+
+
+def _si_group_holds(rules, fails, in_group):
+    """Per unit, whether a non-somatic group holds: an all-fail group when every metric of it
+    fails (a metric fails when any of its sides does), and has at least one; the others when any
+    side fails."""
+    members = np.flatnonzero(in_group)
+    if not len(members):
+        return np.zeros(fails.shape[1], dtype=bool)
+    if rules[members[0]].route not in SI_ALL_FAIL_GROUPS:
+        return fails[members].any(axis=0)
+    metric_fails = {}
+    for i in members:
+        metric_fails[rules[i].metric] = metric_fails.get(rules[i].metric, False) | fails[i]
+    return np.all(list(metric_fails.values()), axis=0)
+
+
+def is_spikeinterface_folder(folder):
+    """Whether ``folder`` holds run_bombcell_qc's results (and not bombcell's own parquet/CSV)."""
+    folder = Path(folder)
+    return (folder / SI_WIDE_CSV).is_file() and not any(
+        (folder / name).exists() for name in (PARAMS_FILE, METRICS_FILE,
+                                              Path(PARAMS_FILE).with_suffix(".csv").name,
+                                              Path(METRICS_FILE).with_suffix(".csv").name))
+
+
+def _read_json(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except OSError as e:
+        raise BombcellReasonError(f"{path}: cannot be read ({e.strerror or e}); re-run "
+                                  f"run_bombcell_qc to rewrite it") from None
+    except ValueError as e:
+        raise BombcellReasonError(f"{path}: not JSON ({_one_line(e)}); re-run run_bombcell_qc "
+                                  f"to rewrite it") from None
+
+
+def read_spikeinterface_wide_csv(path):
+    """The wide CSV as (SI unit ids as text, saved labels, {metric: float array or None where
+    the column is not numeric})."""
+    import csv
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+    except (OSError, ValueError) as e:
+        raise BombcellReasonError(f"{path}: cannot be read ({_one_line(e)}); re-run "
+                                  f"run_bombcell_qc") from None
+    if not rows or len(rows[0]) < 2 or rows[0][1] != "label":
+        raise BombcellReasonError(
+            f"{path}: not run_bombcell_qc's wide table (a unit id column, then 'label', then "
+            f"the metrics); re-run run_bombcell_qc (bombcell >= 0.94, SpikeInterface "
+            f"{SPIKEINTERFACE_VERSION})")
+    header, body = rows[0], [r for r in rows[1:] if r]
+    if any(len(r) != len(header) for r in body):
+        raise BombcellReasonError(f"{path}: rows of different lengths; re-run run_bombcell_qc")
+    cells = list(zip(*body)) if body else [()] * len(header)
+    unit_ids, saved = list(cells[0]), list(cells[1])
+    columns = {}
+    for name, column in zip(header[2:], cells[2:]):
+        text = np.array(column, dtype=str)
+        text = np.where(text == "", "nan", text)  # pandas writes NaN as an empty cell
+        try:
+            columns[name] = text.astype(float)  # numpy parses in C ("inf" too)
+        except ValueError:
+            columns[name] = None
+    return unit_ids, saved, columns
+
+
+def _si_cluster_ids(dataset_dir, unit_ids, wide_csv):
+    """phy cluster id per row of the wide CSV (None where export_to_phy left the unit out: an
+    empty unit), from cluster_si_unit_ids.tsv; without it, SI unit ids must be phy's ids."""
+    mapping = dataset_dir / SI_UNIT_ID_MAP
+    if mapping.is_file():
+        try:
+            by_unit = {unit: cluster for cluster, unit in read_cluster_tsv(mapping).items()}
+        except (OSError, ValueError) as e:
+            raise BombcellReasonError(f"{mapping}: cannot be read ({_one_line(e)}); re-run "
+                                      f"export_to_phy") from None
+        return [by_unit.get(u) for u in unit_ids], f"SI unit ids mapped by {SI_UNIT_ID_MAP}"
+    try:
+        return [int(u) for u in unit_ids], "SI unit ids taken as phy cluster ids"
+    except ValueError:
+        bad = next(u for u in unit_ids if not u.lstrip("-").isdigit())
+        raise BombcellReasonError(
+            f"{wide_csv}: SpikeInterface unit id {bad!r} is not a phy cluster id, and "
+            f"{mapping.name} (written by export_to_phy) is missing to map it") from None
+
+
+def classify_spikeinterface(dataset_dir, folder):
+    """A run_bombcell_qc results folder classified by SpikeInterface's rules (see above)."""
+    wide = folder / SI_WIDE_CSV
+    thresholds_file, config_file = folder / SI_THRESHOLDS, folder / SI_CONFIG
+    if not thresholds_file.is_file():
+        raise BombcellReasonError(f"{thresholds_file}: missing; re-run run_bombcell_qc with an "
+                                  f"output_folder to write it")
+    thresholds = _read_json(thresholds_file)
+    unit_ids, saved, columns = read_spikeinterface_wide_csv(wide)
+    try:
+        rules, dropped = spikeinterface_rules(thresholds, columns)
+    except ValueError as e:
+        raise BombcellReasonError(
+            f"{thresholds_file}: a structure SpikeInterface {SPIKEINTERFACE_VERSION}'s "
+            f"bombcell_label_units does not have: {e}; not explained") from None
+    notes = []
+    if config_file.is_file():
+        config = _read_json(config_file)
+        if (not isinstance(config, dict) or not set(config) <= SI_CONFIG_KEYS
+                or not isinstance(config.get("split_non_somatic"), bool)):
+            raise BombcellReasonError(
+                f"{config_file}: not run_bombcell_qc's config (split_non_somatic, "
+                f"compute_valid_periods); not explained")
+        split = config["split_non_somatic"]
+    else:
+        split = any(s in ("non_soma_good", "non_soma_mua") for s in saved)
+        notes.append(f"no {SI_CONFIG}: split_non_somatic taken as {split} from the saved labels")
+    not_numeric = sorted({r.metric for r in rules if columns[r.metric] is None})
+    if not_numeric:
+        raise BombcellReasonError(f"{wide}: column {', '.join(not_numeric)} is not numeric; "
+                                  f"re-run run_bombcell_qc")
+    if dropped:
+        notes.append("thresholds ignored, their metric is not in the table (SpikeInterface drops "
+                     "them with a warning): " + ", ".join(dropped))
+    cluster_ids, id_note = _si_cluster_ids(dataset_path(dataset_dir), unit_ids, wide)
+    notes.append(id_note)
+    keep = np.array([c is not None for c in cluster_ids], dtype=bool)
+    if not keep.all():
+        notes.append(f"{int((~keep).sum())} SpikeInterface unit(s) not in {SI_UNIT_ID_MAP} "
+                     f"(export_to_phy leaves out empty units): not shown")
+    cluster_ids = np.array([c for c in cluster_ids if c is not None], dtype=np.int64)
+    if len(np.unique(cluster_ids)) != len(cluster_ids):
+        raise BombcellReasonError(f"{wide}: two units map to one phy cluster; re-run export_to_phy")
+    metrics = {k: v[keep] for k, v in columns.items() if v is not None}
+    # What the dataset checks read (foreign_results_problem): SI's spike count is phy's.
+    metrics["nSpikes"] = metrics.get("num_spikes", np.full(int(keep.sum()), np.nan))
+    saved_labels = np.array([SI_LABEL_NAMES.get(s, s.upper()) for s in np.asarray(saved)[keep]],
+                            dtype=object)
+    mtime = max(p.stat().st_mtime for p in (wide, thresholds_file, config_file) if p.exists())
+    return SpikeInterfaceClassification(rules, split, metrics, cluster_ids, saved_labels, notes,
+                                        mtime, source=str(folder))
+
+
+class SpikeInterfaceClassification(Classification):
+    """A run_bombcell_qc result: the same outputs as Classification (column, TSV, view,
+    explain, export), from SpikeInterface's rules and this results' own rule table."""
+
+    route = "spikeinterface"
+
+    def __init__(self, rules, split, metrics, cluster_ids, bombcell_label, notes=(),
+                 source_mtime=0.0, source=""):
+        self.rules = rules
+        self.params = {}
+        self.changes, self.real, self._text_cache = {}, self, {}  # no what-ifs on this route
+        self.version_note = None
+        self.metrics = metrics
+        self.cluster_ids = np.asarray(cluster_ids, dtype=np.int64)
+        self.split = split
+        self.notes = list(notes)
+        self.source_mtime = source_mtime
+        self.source = source
+        evaluation = evaluate_spikeinterface(rules, metrics, split)
+        self.values, self.thresholds = evaluation.values, evaluation.thresholds
+        self.status, self.fails, self.kept = evaluation.status, evaluation.fails, evaluation.kept
+        self.codes = evaluation.codes
+        self.label = label_names(self.codes, split)
+        self.decisive = spikeinterface_decisive(rules, self.codes, self.fails)
+        stage = [r.route or r.stage for r in rules]
+        self._reason_order = np.array(
+            [i for part in ("noise", "mua", "main peak", "width", "ratio", "extra")
+             for i, s in enumerate(stage) if s == part], dtype=np.int64)
+        self.bombcell_label = np.asarray(bombcell_label, dtype=object)
+        self.label_differs = self.bombcell_label != self.label
+        self._row = {int(c): i for i, c in enumerate(self.cluster_ids)}
+        self.reason = self._reasons()
+
+    @property
+    def metric_columns(self):
+        return [k for k in self.metrics if k != "nSpikes"]
+
+    def _reasons(self):
+        if len(self.rules):
+            return super()._reasons()
+        # No criterion at all (every section empty, absent or switched off): all units are good.
+        reasons = np.array([f"{label}: passed all thresholds" for label in self.label], dtype=object)
+        differs = self.label_differs
+        reasons[differs] += " (bombcell saved " + self.bombcell_label[differs] + ")"
+        return reasons
+
+    def _group(self, name):
+        return np.array([r.route == name for r in self.rules], dtype=bool)
+
+    @property
+    def n_failing(self):
+        """Failing criteria that can change the label: all, except those of a width or extra
+        group that does not hold (it holds only when every metric of it fails)."""
+        partial = np.zeros(len(self), dtype=np.int64)
+        for name in SI_ALL_FAIL_GROUPS:
+            members = self._group(name)
+            holds = _si_group_holds(self.rules, self.fails, members)
+            partial += self.fails[members].sum(axis=0) * ~holds
+        return self.fails.sum(axis=0) - partial
+
+    def unit_notes(self, unit):
+        notes = []
+        rules, code = self.rules, self.codes[unit]
+        status, fails, values = self.status[:, unit], self.fails[:, unit], self.values[:, unit]
+        stage = np.array([r.stage for r in rules], dtype=object)
+        nan = np.isnan(values)
+        nan_failing = [r.name for i, r in enumerate(rules) if nan[i] and fails[i] and r.stage != "non-somatic"]
+        if nan_failing:
+            notes.append("NaN fails these tests in SpikeInterface (noise: every NaN; mua: "
+                         "sliding_rp_violation): " + ", ".join(nan_failing))
+        nan_passing = [r.name for i, r in enumerate(rules) if status[i] == _NAN]
+        if nan_passing and code != NOISE:
+            notes.append("NaN values pass these tests, as in SpikeInterface: " + ", ".join(nan_passing))
+        not_deciding = [i for i in np.flatnonzero(fails & ~self.decisive[:, unit])
+                        if rules[i].stage != "non-somatic"]
+        if not_deciding:
+            why = {NOISE: "NOISE takes precedence over MUA",
+                   NON_SOMA: "" if self.split else
+                   "NON-SOMA hides MUA failures when split_non_somatic is off"}.get(code, "")
+            notes.append("also fails, without deciding the label: "
+                         + ", ".join(rules[i].name for i in not_deciding) + (f" ({why})" if why else ""))
+        for name, what in (("width", "the width group calls a unit narrow only when no width "
+                                     "metric passes with a real value (NaN counts as narrow)"),
+                           ("extra", "extra non-somatic metrics flag a unit only when all of "
+                                     "them fail (NaN counts as failing)")):
+            members = self._group(name)
+            metrics = {r.metric for r, m in zip(rules, members) if m}
+            failing = {rules[i].metric for i in np.flatnonzero(members & fails)}
+            if failing and len(failing) < len(metrics):
+                notes.append(f"{len(failing)} of {len(metrics)} {name} metrics fail: {what}")
+        holds = {g: h[0] for g, h in _si_groups(rules, self.fails[:, unit:unit + 1]).items()}
+        if holds["width"] != holds["ratio"] and code != NOISE:
+            notes.append("the " + ("width" if holds["width"] else "ratio") + " group holds, the "
+                         + ("ratio" if holds["width"] else "width") + " group does not: both "
+                         "are needed for the width-and-ratio route to non-somatic")
+        if code == NOISE and (fails & (stage == "non-somatic")).any():
+            notes.append("non-somatic tests are not applied to NOISE units")
+        if self.label_differs[unit]:
+            notes.append(f"SpikeInterface saved the label {self.bombcell_label[unit]!r}, but its "
+                         f"rules give {self.label[unit]!r} for the saved thresholds and metrics: "
+                         f"they changed after the run, or another SpikeInterface version wrote it")
+        return notes
+
+
+def spikeinterface_rules_markdown(thresholds=None):
+    """The SpikeInterface route's rule table (SpikeInterface's default thresholds unless given)
+    as Markdown (the README's table is tested equal to `rules --spikeinterface`)."""
+    rules, _ = spikeinterface_rules(SI_DEFAULT_THRESHOLDS if thresholds is None else thresholds)
+    lines = ["| stage | criterion: the unit fails when | threshold key | default | a NaN value |",
+             "|---|---|---|---|---|"]
+    for rule in rules:
+        stage = rule.stage + (f" {rule.route}" if rule.route else "")
+        metric = f"abs(`{rule.metric}`)" if rule.abs else f"`{rule.metric}`"
+        lines.append(f"| {stage} | {metric} {rule.op} threshold | `{rule.param}` | "
+                     f"{format_number(rule.threshold, None)} | "
+                     f"{'fails' if rule.nan_fails else 'passes'} |")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------
 # What-if thresholds and the population view
 # ------------------------------------------------------------------------------------------------
 # A what-if re-evaluates the rule table on the metrics already in memory, with some parameters
@@ -1221,9 +1694,18 @@ def check_changes(changes):
     return {key: check_change(key, value) for key, value in changes.items()}
 
 
+def _bombcell_route_only(result, what):
+    """What-ifs and sole blockers re-run bombcell's own rule table: not (yet) SpikeInterface's."""
+    if result.route != "bombcell":
+        raise BombcellReasonError(
+            f"{result.source}: {what} work on bombcell's own results; these are the SpikeInterface "
+            f"route's (run_bombcell_qc), whose labels and reasons are explained, not re-run")
+
+
 def what_if(result, changes):
     """``result`` re-classified with ``changes`` on top of its own changes (see
     Classification.what_if).  Only the rule table runs again: ~20 ms for 10,000 units."""
+    _bombcell_route_only(result, "what-if thresholds")
     changes = dict(result.changes, **check_changes(changes))
     real = result.real
     changes = {k: v for k, v in changes.items() if not _same_value(k, real.params.get(k), v)}
@@ -1280,6 +1762,7 @@ def sole_blockers(result):
     threshold were relaxed (set to relaxed_value), all else unchanged.  One vectorised
     re-labelling per rule (_unit_codes, bombcell's order); a route-A unit counts for each of the
     four shape tests whose relaxing frees it.  The isnan rule has no threshold: never."""
+    _bombcell_route_only(result, "the summary and the metric view")
     blockers = np.zeros_like(result.fails)
     not_good = result.codes != GOOD
     n_spikes = np.asarray(result.metrics["nSpikes"], dtype=float)
@@ -2006,7 +2489,7 @@ def load_reasons(dataset_dir, bombcell_dir=None):
         "notes": ["; ".join(result.unit_notes(u)) for u in range(len(result))],
     }
     statuses = np.array(STATUSES, dtype=object)
-    for i, rule in enumerate(RULES):
+    for i, rule in enumerate(result.rules):
         data[f"{rule.name}.value"] = result.values[i]
         data[f"{rule.name}.status"] = statuses[result.status[i]]
     frame = pd.DataFrame(data)
@@ -2238,7 +2721,7 @@ def _self_command():
 
 
 def _cmd_rules(args):
-    print(rules_markdown())
+    print(spikeinterface_rules_markdown() if args.spikeinterface else rules_markdown())
     return 0
 
 
@@ -2467,7 +2950,12 @@ def build_parser():
 
     p = sub_parser("rules", "print the rule table (Markdown)",
                    "Print bombcell 0.94's classification rules, as this tool applies them, as a "
-                   "Markdown table.", ["phy-bc-reason rules"])
+                   "Markdown table; with --spikeinterface, the rules of bombcell's SpikeInterface "
+                   f"route (run_bombcell_qc: SpikeInterface {SPIKEINTERFACE_VERSION}'s "
+                   "bombcell_label_units) with SpikeInterface's default thresholds.",
+                   ["phy-bc-reason rules", "phy-bc-reason rules --spikeinterface"])
+    p.add_argument("--spikeinterface", action="store_true",
+                   help="the SpikeInterface route's rules (results of run_bombcell_qc)")
     p.set_defaults(func=_cmd_rules)
 
     p = sub_parser("install", "enable the plugin in ~/.phy/phy_config.py",
@@ -3325,7 +3813,8 @@ def _full_name(c):
 
 def _stage_text(stage):
     base, _, route = stage.partition(" ")
-    return f"{base}, {ROUTE_NAMES[route]}" if route in ROUTE_NAMES else stage
+    names = {**ROUTE_NAMES, **SI_GROUP_NAMES}
+    return f"{base}, {names[route]}" if route in names else stage
 
 
 def _explanation_html(info):
@@ -3379,7 +3868,8 @@ def _comparison_html(cluster_ids, infos, reasons, n_more):
         for c in info["criteria"] if info else ():
             if c["status"] not in ("pass", "nan", "disabled"):
                 rows[c["name"]] = rows.get(c["name"], False) or c["decisive"]
-    names = [r.name for r in RULES]
+    criteria = {c["name"]: c for info in infos if info for c in info["criteria"]}
+    names = list(criteria)  # the rule table's order (each result has its own table)
     order = sorted(rows, key=lambda name: (not rows[name], names.index(name)))
     n = len(cluster_ids)
     colors = [_label_color(i["label"] if i else UNCLASSIFIED) for i in infos]
@@ -3388,8 +3878,7 @@ def _comparison_html(cluster_ids, infos, reasons, n_more):
         f"<th class='v' style='color:{col}'>{c}</th>" for c, col in zip(cluster_ids, colors))
         + "</tr>"]
     for name in order:
-        rule = RULES[names.index(name)]
-        metric, op = rule.metric, rule.op
+        metric, op, short = criteria[name]["metric"], criteria[name]["op"], criteria[name]["short"]
         thresholds, cells = [], []
         for info in infos:
             c = next((c for c in info["criteria"] if c["name"] == name), None) if info else None
@@ -3404,7 +3893,7 @@ def _comparison_html(cluster_ids, infos, reasons, n_more):
             cells.append(f"<td class='v' style='{_row_style(c['status'], c['decisive'])}'>"
                          f"{_esc(value)}</td>")
         full = criterion_name(metric, op, None if op == "isnan" else max(thresholds, key=len), " ")
-        out.append(f"<tr><td colspan='{n}' class='head'>{_esc(rule.short)} "
+        out.append(f"<tr><td colspan='{n}' class='head'>{_esc(short)} "
                    f"<br><span class='full'>{_esc(full)}</span></td></tr>"
                    f"<tr>{''.join(cells)}</tr>")
     out.append("</table>")

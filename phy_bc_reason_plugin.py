@@ -1940,7 +1940,8 @@ def concordance(result, labels):
         confusion[g][b] = confusion[g].get(b, 0) + 1
     agree = agrees(bombcell, groups)
     criteria = []
-    for i in _SUGGESTABLE:
+    # per criterion: bombcell's own rule table (the SpikeInterface route's has other criteria)
+    for i in _SUGGESTABLE if result.route == "bombcell" else ():
         rule = RULES[i]
         if not rule_enabled(rule, result.params):
             continue
@@ -2094,6 +2095,7 @@ def suggest(result, labels, min_units_per_class=20, min_improvement=0.05, n_boot
     ``result``'s parameters and metrics: a list of dicts with SUGGEST_COLUMNS as keys.  Status
     "too few labels" when a class has fewer than ``min_units_per_class`` units (``n_pass`` and
     ``n_fail`` say how many it has)."""
+    _bombcell_route_only(result, "suggested thresholds")
     rows, groups, _ = labelled_rows(result, labels)
     params = result.params
     values = result.values[:, rows]
@@ -3701,6 +3703,10 @@ class _ConcordanceLogic:
             return
         labels = _curator_groups(self.controller.supervisor)
         self.concordance_info = concordance(result, labels)
+        if result.route != "bombcell":  # suggest re-runs bombcell's rule table (see suggest)
+            self.suggestions = []
+            self._redraw_concordance_views()
+            return
         self.suggestions = None
         self._concordance_generation += 1
         generation = self._concordance_generation

@@ -178,3 +178,24 @@ def test_cli_concordance_and_suggest(tmp_path, capsys):
     assert pr.main(["suggest", tmp_path]) == 0
     out = capsys.readouterr().out
     assert "->maxRPVviolations" in out.replace(" ", "")
+
+
+
+def test_spikeinterface_route_concordance_only(tmp_path):
+    """Results of bombcell's SpikeInterface route: labels compared, thresholds not suggested
+    (suggest re-runs bombcell's own rule table, as the what-if does)."""
+    import spikeinterface_data as sid
+    sid.spikeinterface_or_skip()
+    rng = np.random.default_rng(0)
+    thresholds = sid.e2e_thresholds()
+    metrics = sid.random_metrics(rng, thresholds, 40)
+    sid.write_si_results(tmp_path / "bombcell", metrics, sid.si_labels(metrics, thresholds, False),
+                         thresholds, False)
+    result = pr.classify_dataset(tmp_path)
+    assert result.route == "spikeinterface"
+    labels = {int(c): "good" for c in result.cluster_ids}
+    info = pr.concordance(result, labels)
+    assert info["n_labelled"] == len(result) and info["criteria"] == []
+    assert info["n_agree"] == sum(b in ("GOOD", "NON-SOMA GOOD", "NON-SOMA") for b in result.label)
+    with pytest.raises(pr.BombcellReasonError, match="suggested thresholds work on bombcell's own"):
+        pr.suggest(result, labels)

@@ -626,3 +626,30 @@ def test_demo_command_in_a_drop_in_copy_says_what_is_missing(monkeypatch, capsys
     assert run_cli("demo", "--help") == pr.EXIT_INPUT
     err = capsys.readouterr().err
     assert "the demo needs phy_bc_reason_demo.py" in err and "drop-in file" in err
+
+
+# -- found by mutation testing --------------------------------------------------------------------
+
+def test_tsv_text_is_one_ascii_line():
+    assert pr._tsv_safe("MUA:\tfraction\rRPVs\n0.2 \u2264 0.1 \u00e9") == "MUA: fraction RPVs 0.2 ? 0.1 ?"
+    assert pr._tsv_safe(3) == "3"
+
+
+def test_tsv_written_through_a_temporary_file_in_the_same_folder(dataset, monkeypatch):
+    """The rename is atomic only within one file system: the temporary file sits next to the
+    TSV, hidden (a dot name) and not a .tsv (phylib reads every .tsv of the folder)."""
+    renames = []
+    replace = os.replace
+
+    def recording_replace(src, dst):
+        renames.append((Path(src), Path(dst)))
+        replace(src, dst)
+    monkeypatch.setattr(os, "replace", recording_replace)
+    path = pr.write_reason_tsv(dataset, {1: "MUA: x", 0: "GOOD: passed all thresholds"})
+    [(tmp, target)] = renames
+    assert target == path == dataset / pr.TSV_NAME
+    assert tmp.parent == dataset and tmp.name.startswith(f".{pr.TSV_NAME}.")
+    assert tmp.suffix == ".tmp"
+    assert path.read_bytes() == (f"cluster_id\t{pr.COLUMN}\n0\tGOOD: passed all thresholds\n"
+                                 f"1\tMUA: x\n").encode("ascii")  # LF only, sorted ids
+    assert path.stat().st_mode & 0o777 == 0o644

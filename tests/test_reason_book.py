@@ -287,3 +287,88 @@ def test_spike_counts_as_bombcell_counts_them(dataset):
     assert pr.phy_cluster_ids(dataset).tolist() == [1, 4]
     np.save(dataset / "spike_templates.npy", np.array([], dtype=np.uint32))
     assert pr.phy_cluster_ids(dataset).tolist() == []
+
+
+# -- found by mutation testing ---------------------------------------------------------------------
+
+def test_a_book_that_failed_to_load_keeps_the_origins_for_the_next_reload(tmp_path):
+    failed = pr.ReasonBook.load(tmp_path, previous={7: MERGED})
+    assert not failed.ok
+    reloaded = pr.ReasonBook(_classification())
+    reloaded.adopt_origins(failed)
+    assert reloaded.reason(7) == MERGED
+
+
+def test_an_unexpected_error_while_loading_is_reported_not_raised(tmp_path, monkeypatch, caplog):
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom\nsecond line")
+    monkeypatch.setattr(pr, "classify_dataset", broken)  # our own reader, not phy or bombcell
+    book = pr.ReasonBook.load(tmp_path, previous={7: MERGED})
+    assert book.error == "bombcell's results could not be read (boom); see phy.log"
+    assert book._origin == {7: MERGED}
+    assert "bombcell reasons: reading bombcell's results failed: boom" in caplog.text
+
+
+def test_an_error_in_the_foreign_results_check_is_reported_and_changes_nothing(
+        dataset, monkeypatch, caplog):
+    def broken(*args, **kwargs):
+        raise ValueError("bad spike file")
+    book = pr.ReasonBook.load(dataset)
+    monkeypatch.setattr(pr, "foreign_results_problem", broken)
+    book.check_clusters(range(5))
+    assert book.ok and not book.foreign
+    assert ("bombcell reasons: checking that bombcell's results are this dataset's failed: "
+            "bad spike file") in caplog.text
+
+
+def test_the_check_uses_phys_clusters_not_the_spike_file(dataset):
+    """phy's clusters in memory (merged in this session, not saved yet) are what is checked."""
+    book = pr.ReasonBook.load(dataset)
+    book.check_clusters([50, 51])
+    assert book.foreign
+    assert book.error == (f"{dataset / 'bombcell'}: none of the dataset's 2 clusters has a "
+                          f"bombcell row; these results belong to another dataset, or re-run "
+                          f"bombcell on this one")
+
+
+def test_books_without_a_classification_check_and_count_nothing():
+    origins_only = pr.ReasonBook(previous={7: MERGED})
+    origins_only.check_clusters([5])
+    assert origins_only.ok and not origins_only.foreign
+    assert origins_only.n_failing(5) is None
+    failed = pr.ReasonBook(_classification(), error="broken")
+    failed.check_clusters([50])
+    assert not failed.foreign and failed.error == "broken"
+    without_dataset = pr.ReasonBook(_classification())
+    without_dataset.check_clusters([50, 51])
+    assert without_dataset.error == (
+        ": none of the dataset's 2 clusters has a bombcell row; these results belong to another "
+        "dataset, or re-run bombcell on this one")  # a Classification made in memory: no source
+
+
+def test_an_undo_never_records_a_parent():
+    book = pr.ReasonBook(_classification())
+    _merge(book, [0, 1], 5)
+    _merge(book, [5, 3], 8)
+    book.record({"description": "merge", "history": "undo", "added": [5, 3],
+                 "descendants": [(8, 5), (8, 3)]})
+    assert book.reason(5) == MERGED
+
+
+def test_every_added_cluster_is_recorded():
+    book = pr.ReasonBook(_classification())
+    book.record({"description": "split", "history": None, "added": [3, 9, 10, 11],
+                 "descendants": [(2, 10), (2, 11)]})  # 3 has a row, 9 no parent
+    assert book.reason(10) == book.reason(11) == "UNCLASSIFIED: split from 2 (NOISE); re-run bombcell"
+
+
+def test_the_view_uses_its_cache_and_names_each_cluster():
+    book = pr.ReasonBook(_classification())
+    assert book.html([]) == pr._html_page(
+        "<p class='dim'>Select a cluster to see why bombcell labelled it.</p>")
+    book._html[1] = "cached part"
+    assert book.html([1]) == pr._html_page("cached part")
+    assert "cluster 99" in book.html([99])
+    several = book.html([1, 2])
+    assert "MUA: fraction RPVs 0.5 &gt; 0.1" in several and "NOISE: # troughs 3 &gt; 1" in several
+    assert "No criterion fails" not in several and "fraction RPVs" in several

@@ -13,6 +13,7 @@ from test_reason_texts import PARAMS, PASSING
 # Clusters 0-4: GOOD, MUA (RPVs), NOISE (troughs), GOOD, MUA (# spikes 250).
 UNITS = [{}, dict(fractionRPVs_estimatedTauR=0.5), dict(nTroughs=3), {}, {}]
 N_SPIKES = [1000, 1000, 1000, 1000, 250]
+INF, NAN = float("inf"), float("nan")
 MERGED = "UNCLASSIFIED: merged from 0 (GOOD), 1 (MUA); re-run bombcell"
 
 
@@ -372,3 +373,116 @@ def test_the_view_uses_its_cache_and_names_each_cluster():
     several = book.html([1, 2])
     assert "MUA: fraction RPVs 0.5 &gt; 0.1" in several and "NOISE: # troughs 3 &gt; 1" in several
     assert "No criterion fails" not in several and "fraction RPVs" in several
+
+
+def test_a_bombcell_folder_elsewhere_is_read_and_checked_there(dataset, tmp_path_factory):
+    elsewhere = tmp_path_factory.mktemp("elsewhere") / "bc"
+    (dataset / "bombcell").rename(elsewhere)
+    path, result, _ = pr.export(dataset, elsewhere)
+    assert path == dataset / pr.TSV_NAME and result.source == str(elsewhere)
+    assert pr.read_cluster_tsv(path)[1] == "MUA: fraction RPVs 0.5 > 0.1"
+    # With removeDuplicateSpikes, bombcell's record of duplicates is looked for there too.
+    write_results(dataset, params=dict(PARAMS, removeDuplicateSpikes=True),
+                  metrics=_metrics(n_spikes=[990, 1000, 1000, 1000, 250]))
+    (dataset / "bombcell").rename(elsewhere.with_name("bc2"))
+    elsewhere = elsewhere.with_name("bc2")
+    duplicates = np.zeros(4250, dtype=np.int8)
+    duplicates[1000:1011] = 1  # eleven of cluster 1's spikes, none of cluster 0's
+    np.save(elsewhere / pr.DUPLICATES_FILE, duplicates)
+    result = pr.classify_dataset(dataset, elsewhere)
+    assert "cluster 0: 990 saved, 1000 now" in pr.foreign_results_problem(
+        result, dataset, bombcell_dir=elsewhere)
+
+
+def test_a_tsv_that_cannot_be_written_says_why_in_one_line(dataset):
+    (dataset / pr.TSV_NAME).mkdir()  # root may write anywhere: a folder in the way
+    with pytest.raises(pr.BombcellReasonError) as error:
+        pr.export(dataset)
+    assert str(error.value) == (f"{dataset / pr.TSV_NAME}: cannot be written (Is a directory); "
+                                f"check the folder's permissions and free space")
+
+
+def test_a_status_without_an_order_is_listed_last():
+    info = _classification().explain(1)
+    info["criteria"][0]["status"] = "new status"
+    listed = pr.ordered_criteria(info)
+    assert listed[-1]["status"] == "new status" and listed[0]["decisive"]
+
+
+def test_foreign_results_check_compares_exactly_only_what_it_can(dataset):
+    result = pr.classify_dataset(dataset)  # removeDuplicateSpikes not saved: exact counts
+    spikes = np.repeat(np.arange(5), [1000, 1001, 1000, 1000, 250])
+    np.save(dataset / "spike_clusters.npy", spikes)
+    assert "cluster 1: 1000 saved, 1001 now" in pr.foreign_results_problem(result, dataset)
+    np.save(dataset / "spike_clusters.npy", np.repeat(np.arange(5), [1000, 1000, 1, 1000, 250]))
+    assert "for 1 of 5 clusters (cluster 2: 1000 saved, 1 now)" in \
+        pr.foreign_results_problem(result, dataset)
+    # The highest id gone from the spike file (phy's clusters 0-3): outside the counts, fine.
+    np.save(dataset / "spike_clusters.npy", np.repeat(np.arange(4), 1000))
+    assert pr.foreign_results_problem(result, dataset, [0, 1, 2, 3]) is None
+    # A flag bombcell could not have read: the lenient comparison (saved <= now).
+    undecided = pr.Classification(dict(PARAMS, removeDuplicateSpikes=np.array([1, 2])),
+                                  result.metrics, result.cluster_ids)
+    np.save(dataset / "spike_clusters.npy", spikes)
+    assert pr.foreign_results_problem(undecided, dataset) is None
+
+
+def test_spike_templates_alone_counts_and_empty_units(dataset):
+    (dataset / "spike_clusters.npy").unlink()
+    np.save(dataset / "spike_templates.npy", np.repeat(np.arange(5), [1000, 999, 1000, 1000, 250]))
+    result = pr.classify_dataset(dataset)
+    assert "cluster 1: 1000 saved, 999 now" in pr.foreign_results_problem(result, dataset)
+    write_results(dataset, params=PARAMS, metrics=_metrics(n_spikes=[1000, 1000, 1000, 1000, 0]))
+    np.save(dataset / "spike_templates.npy", np.repeat(np.arange(4), 1000))  # 4 had no spikes
+    assert pr.foreign_results_problem(pr.classify_dataset(dataset), dataset) is None
+
+
+def test_duplicates_record_elsewhere_is_used_for_the_counts_too(dataset, tmp_path_factory):
+    elsewhere = tmp_path_factory.mktemp("elsewhere2") / "bc"
+    write_results(dataset, params=dict(PARAMS, removeDuplicateSpikes=True),
+                  metrics=_metrics(n_spikes=[990, 1000, 1000, 1000, 250]))
+    (dataset / "bombcell").rename(elsewhere)
+    duplicates = np.zeros(4250, dtype=np.int8)
+    duplicates[:10] = 1  # the ten spikes bombcell removed from cluster 0
+    np.save(elsewhere / pr.DUPLICATES_FILE, duplicates)
+    result = pr.classify_dataset(dataset, elsewhere)
+    assert pr.foreign_results_problem(result, dataset, bombcell_dir=elsewhere) is None
+
+
+def test_criteria_as_json(dataset):
+    result = _classification()
+    unit = pr.Classification(dict(PARAMS, maxDrift=float("nan")), {
+        k: np.asarray([v], dtype=float) for k, v in dict(
+            PASSING, rawAmplitude=NAN, signalToNoiseRatio=2, spatialDecaySlope=-INF,
+            scndPeakToTroughRatio=INF).items()}, [0])
+    by_name = {c["name"]: c for c in unit.explain(0)["criteria"]}
+
+    def criterion(stage, metric, op, param, short, threshold, value, status, margin, decisive):
+        return dict(stage=stage, metric=metric, op=op, param=param,
+                    name=f"{metric} is NaN" if op == "isnan" else f"{metric}{op}{param}",
+                    short=short, threshold=threshold, value=value, status=status, margin=margin,
+                    decisive=decisive)
+    assert by_name["nPeaks is NaN"] == criterion(
+        "noise", "nPeaks", "isnan", None, "# peaks", None, 1.0, "pass", None, False)
+    assert by_name["signalToNoiseRatio<minSNR"] == criterion(
+        "mua", "signalToNoiseRatio", "<", "minSNR", "SNR", 5.0, 2.0, "nan", None, False)
+    assert by_name["rawAmplitude<minAmplitude"] == criterion(
+        "mua", "rawAmplitude", "<", "minAmplitude", "amplitude", 40.0, None, "nan", None, False)
+    assert by_name["spatialDecaySlope<minSpatialDecaySlopeExp"] == criterion(
+        "noise", "spatialDecaySlope", "<", "minSpatialDecaySlopeExp", "spatial decay", 0.01,
+        "-inf", "disabled", None, False)
+    assert by_name["spatialDecaySlope<minSpatialDecaySlope"] == criterion(
+        "noise", "spatialDecaySlope", "<", "minSpatialDecaySlope", "spatial decay", -0.008,
+        "-inf", "fail", "-inf", True)
+    assert by_name["scndPeakToTroughRatio>maxScndPeakToTroughRatio_noise"] == criterion(
+        "noise", "scndPeakToTroughRatio", ">", "maxScndPeakToTroughRatio_noise", "peak2/trough",
+        0.8, "inf", "fail", "-inf", True)
+    assert by_name["maxDriftEstimate>maxDrift"] == criterion(
+        "mua", "maxDriftEstimate", ">", "maxDrift", "max. drift", None, 10.0, "pass", None, False)
+    assert by_name["troughToPeak2Ratio<minTroughToPeak2Ratio_nonSomatic"] == criterion(
+        "non-somatic A", "troughToPeak2Ratio", "<", "minTroughToPeak2Ratio_nonSomatic",
+        "trough/peak2", 5.0, 10.0, "pass", 5.0, False)
+    assert by_name["mainPeakToTroughRatio>maxMainPeakToTroughRatio_nonSomatic"]["stage"] == \
+        "non-somatic B"
+    assert result.explain(1)["decisive"] == [c for c in result.explain(1)["criteria"]
+                                             if c["decisive"]]

@@ -312,3 +312,66 @@ def test_label_counts_in_the_order_curators_read_them():
         ("GOOD", 2), ("MUA", 1), ("NOISE", 1), ("NON-SOMA", 1), ("NON-SOMA GOOD", 1),
         ("NON-SOMA MUA", 1), ("NO LABEL", 2)]
     assert pr.label_counts([]) == {}
+
+
+INF = float("inf")
+SAVED_DIFFERS = ("bombcell saved the label {!r}, but its classifier gives {!r} for the saved "
+                 "parameters and metrics: they changed after the run, or came from another "
+                 "bombcell version")
+
+
+@pytest.mark.parametrize("variant, unit, saved, notes", [
+    ("plain", {}, "GOOD", []),
+    ("plain", dict(ALL_NAN, nSpikes=0), None,
+     ["no spikes (nSpikes = 0): bombcell gives empty units no label, whatever their metrics"]),
+    ("plain", dict(ALL_NAN, nSpikes=30), None,
+     ["nPeaks is NaN: bombcell could not compute waveform metrics (units with fewer than 50 "
+      "spikes get NaN metrics) and counts that as NOISE",
+      "also fails, without deciding the label: nSpikes<minNumSpikes (30 < 300) (NOISE takes "
+      "precedence over MUA)"]),
+    ("plain", dict(waveformBaselineFlatness=NAN, presenceRatio=NAN, nTroughs=NAN), None,
+     ["NaN values pass these tests, as in bombcell: nTroughs>maxNTroughs, "
+      "waveformBaselineFlatness>maxWvBaselineFraction",
+      "NaN values pass these MUA tests, as in bombcell: presenceRatio<minPresenceRatio"]),
+    ("plain", dict(rawAmplitude=NAN, signalToNoiseRatio=2), None,
+     ["signalToNoiseRatio<minSNR not tested: bombcell skips it where rawAmplitude is NaN",
+      "NaN values pass these MUA tests, as in bombcell: rawAmplitude<minAmplitude"]),
+    ("plain", dict(spatialDecaySlope=INF), None,
+     ["spatialDecaySlope is inf: bombcell does not clean inf, so it passes "
+      "spatialDecaySlope<minSpatialDecaySlope"]),
+    ("plain", dict(scndPeakToTroughRatio=INF), None,
+     ["scndPeakToTroughRatio is inf: bombcell does not clean inf, so it fails "
+      "scndPeakToTroughRatio>maxScndPeakToTroughRatio_noise"]),
+    ("plain", dict(ROUTE_B, fractionRPVs_estimatedTauR=0.23), None,
+     ["also fails, without deciding the label: fractionRPVs_estimatedTauR>maxRPVviolations "
+      "(0.23 > 0.1) (the NON-SOMA label hides MUA failures when splitGoodAndMua_NonSomatic is "
+      "off)"]),
+    ("plain", dict(nTroughs=3, fractionRPVs_estimatedTauR=0.5), None,
+     ["also fails, without deciding the label: fractionRPVs_estimatedTauR>maxRPVviolations "
+      "(0.5 > 0.1) (NOISE takes precedence over MUA)"]),
+    ("plain", dict(ROUTE_A, nTroughs=3), None,
+     ["non-somatic tests are not applied to NOISE units"]),
+    ("plain", dict(ROUTE_B, nTroughs=3), None,
+     ["non-somatic tests are not applied to NOISE units"]),
+    ("plain", dict(ROUTE_A, mainTrough_width=10, nTroughs=3), None, []),
+    ("plain", dict(ROUTE_A, mainTrough_width=10), None,
+     ["3 of 4 shape-route tests fail: the shape route makes a unit non-somatic only when all "
+      "four fail"]),
+    ("plain", dict(troughToPeak2Ratio=3), None,
+     ["1 of 4 shape-route tests fail: the shape route makes a unit non-somatic only when all "
+      "four fail"]),
+    ("plain", ROUTE_A, None, []),
+    ("keep uncertain RPV", dict(fractionRPVs_estimatedTauR=0.23, RPV_status=0), None,
+     ["fractionRPVs_estimatedTauR>maxRPVviolations (0.23 > 0.1) would fail, but the RPV "
+      "estimate is uncertain (RPV_status 0), kept by keepUncertainRPVUnits: bombcell lets the "
+      "unit pass this test"]),
+    ("plain", dict(fractionRPVs_estimatedTauR=0.23), "GOOD", [SAVED_DIFFERS.format("GOOD", "MUA")]),
+    ("plain", {}, "", [SAVED_DIFFERS.format("(none)", "GOOD")]),
+    ("plain", dict(ALL_NAN, nSpikes=0), "NOISE",
+     ["no spikes (nSpikes = 0): bombcell gives empty units no label, whatever their metrics",
+      SAVED_DIFFERS.format("NOISE", "(none)")]),
+])
+def test_notes_of_one_unit(variant, unit, saved, notes):
+    """The notes the view, ``explain --cluster`` and load_reasons give, written by hand."""
+    result = _classify(variant, [unit], saved=None if saved is None else [saved])
+    assert result.unit_notes(0) == notes

@@ -156,8 +156,8 @@ def test_origins_survive_a_reload_and_are_pruned_when_gone():
 
 
 def test_recorded_origins_keep_only_merge_and_split_texts_of_unknown_clusters():
-    previous = {"7": MERGED, 8: "UNCLASSIFIED: split from 1 (MUA); re-run bombcell",
-                9: "MUA: an old reason", 1: MERGED, "x": MERGED, 10: None, 11: 3.0}
+    previous = {"x": MERGED, "7": MERGED, 9: "MUA: an old reason", 1: MERGED,
+                8: "UNCLASSIFIED: split from 1 (MUA); re-run bombcell", 10: None, 11: 3.0}
     assert pr.recorded_origins(previous, {1: "MUA: ..."}) == {
         7: MERGED, 8: "UNCLASSIFIED: split from 1 (MUA); re-run bombcell"}
     assert pr.recorded_origins(None, {}) == {}
@@ -191,6 +191,8 @@ def test_results_of_another_dataset_inside_phy_without_spike_files():
     assert book.reason(0) == pr.FOREIGN_RESULTS_REASON
     assert "none of the dataset's 2 clusters has a bombcell row" in book.error
     assert book.full_reason(0).startswith("UNCLASSIFIED: ")
+    assert book.label_of(0) == pr.UNCLASSIFIED and book.info(0) is None
+    assert pr.ReasonBook(previous={7: MERGED}).full_reason(7) == MERGED
     assert "another dataset" in book.html([0])
 
 
@@ -392,6 +394,8 @@ def test_a_bombcell_folder_elsewhere_is_read_and_checked_there(dataset, tmp_path
     result = pr.classify_dataset(dataset, elsewhere)
     assert "cluster 0: 990 saved, 1000 now" in pr.foreign_results_problem(
         result, dataset, bombcell_dir=elsewhere)
+    with pytest.raises(pr.BombcellReasonError, match="cluster 0: 990 saved, 1000 now"):
+        pr.dataset_reasons(dataset, elsewhere)
 
 
 def test_a_tsv_that_cannot_be_written_says_why_in_one_line(dataset):

@@ -30,7 +30,7 @@ FUNCTIONS=(
   _tsv_safe write_reason_tsv recorded_origins foreign_results_message foreign_results_problem
   dataset_reasons export label_counts
   # the plugin's bookkeeping (with ReasonBook below)
-  _ids_text _parents_text merged_reason split_reason
+  _parents_text merged_reason split_reason
 )
 selection=()
 for f in "${FUNCTIONS[@]}"; do selection+=("phy_bc_reason_plugin.x_${f}*"); done

@@ -490,3 +490,101 @@ def test_criteria_as_json(dataset):
         "non-somatic B"
     assert result.explain(1)["decisive"] == [c for c in result.explain(1)["criteria"]
                                              if c["decisive"]]
+
+
+# -- classify_dataset: what it refuses, in one line, and what it fills ------------------------------
+
+def _rewrite_metrics(dataset, change):
+    """Rewrite bombcell's metrics parquet (and drop its CSV twin) after ``change(table)``."""
+    import pyarrow.parquet as pq
+    path = dataset / "bombcell" / pr.METRICS_FILE
+    pq.write_table(change(pq.read_table(path)), path)
+    path.with_suffix(".csv").unlink(missing_ok=True)
+
+
+def test_bombcell_folder_errors(tmp_path):
+    with pytest.raises(pr.BombcellReasonError) as error:
+        pr.classify_dataset(tmp_path / "nowhere")
+    assert str(error.value) == f"{tmp_path / 'nowhere'}: no such dataset folder"
+    (tmp_path / "bombcell").mkdir()
+    with pytest.raises(pr.BombcellReasonError) as error:
+        pr.classify_dataset(tmp_path)
+    assert str(error.value) == f"{tmp_path / 'bombcell'}: empty; run bombcell on this dataset to fill it"
+    (tmp_path / "bombcell" / "notes.txt").write_text("a stray file")
+    with pytest.raises(pr.BombcellReasonError) as error:
+        pr.classify_dataset(tmp_path)
+    assert str(error.value) == (f"{tmp_path / 'bombcell' / pr.PARAMS_FILE}: missing; re-run "
+                                f"bombcell on this dataset to write it")
+    (tmp_path / "bombcell" / pr.PARAMS_FILE).write_bytes(b"not parquet")
+    with pytest.raises(pr.BombcellReasonError) as error:
+        pr.classify_dataset(tmp_path)
+    assert str(error.value) == (f"{tmp_path / 'bombcell' / pr.PARAMS_FILE}: cannot be read "
+                                f"(Parquet magic bytes not found in footer. Either the file is "
+                                f"corrupted or this is not a parquet file.); re-run bombcell to "
+                                f"rewrite it")
+
+
+def test_parameters_file_without_rows(dataset):
+    import pyarrow.parquet as pq
+    path = dataset / "bombcell" / pr.PARAMS_FILE
+    pq.write_table(pq.read_table(path).slice(0, 0), path)
+    with pytest.raises(pr.BombcellReasonError) as error:
+        pr.classify_dataset(dataset)
+    assert str(error.value) == f"{path}: holds no parameters; re-run bombcell to rewrite it"
+
+
+def test_missing_and_old_metric_columns(dataset):
+    metrics_file = dataset / "bombcell" / pr.METRICS_FILE
+    _rewrite_metrics(dataset, lambda t: t.drop(["nPeaks", "nTroughs"]))
+    with pytest.raises(pr.BombcellReasonError) as error:
+        pr.classify_dataset(dataset)
+    assert str(error.value) == (f"{metrics_file}: metric column nPeaks, nTroughs missing; re-run "
+                                f"bombcell >= 0.94 on this dataset")
+    _rewrite_metrics(dataset, lambda t: t.append_column("n_peaks", t.column("nSpikes")))
+    with pytest.raises(pr.BombcellReasonError) as error:
+        pr.classify_dataset(dataset)
+    assert str(error.value) == (f"{metrics_file}: written by bombcell 0.31 or older (snake_case "
+                                f"names such as n_peaks); re-run bombcell >= 0.94 on this dataset")
+
+
+def test_metric_columns_text_disabled_and_in_any_order(dataset):
+    import pyarrow as pa
+    expected = pr.classify_dataset(dataset)
+    # bc_unitType first, a text column nothing needs, no column for a disabled test (computeDrift)
+    write_results(dataset, params=dict(PARAMS, computeDrift=False), metrics=_metrics())
+    _rewrite_metrics(dataset, lambda t: t.select(
+        ["bc_unitType"] + [n for n in t.column_names if n != "bc_unitType"]).append_column(
+        "comment", pa.array(["a"] * 5)).drop(["maxDriftEstimate"]))
+    result = pr.classify_dataset(dataset)
+    assert result.reason.tolist() == expected.reason.tolist()
+    assert result.bombcell_label.tolist() == ["GOOD", "MUA", "NOISE", "GOOD", "MUA"]
+    drift = [r.metric for r in pr.RULES].index("maxDriftEstimate")
+    assert np.isnan(result.values[drift]).all()
+    _rewrite_metrics(dataset, lambda t: t.set_column(
+        t.column_names.index("nTroughs"), "nTroughs", pa.array(["one"] * 5)))
+    with pytest.raises(pr.BombcellReasonError) as error:
+        pr.classify_dataset(dataset)
+    assert str(error.value) == (f"{dataset / 'bombcell' / pr.METRICS_FILE}: column nTroughs is not "
+                                f"numeric; re-run bombcell")
+
+
+def test_cluster_ids_from_phy_clusterID_and_version_notes(tmp_path):
+    params = {k: v for k, v in PARAMS.items() if k != "computeDrift"}
+    write_results(tmp_path, params=dict(params, newKey=1, otherKey=2), metrics=_metrics(),
+                  cluster_ids=[10, 11, 12, 20, 21])
+    result = pr.classify_dataset(tmp_path)
+    assert result.cluster_ids.tolist() == [10, 11, 12, 20, 21]
+    assert result.reason_by_cluster()[11] == "MUA: fraction RPVs 0.5 > 0.1"
+    assert result.notes[:2] == [
+        "written by a bombcell newer than 0.94: unknown parameters/metrics newKey, otherKey; "
+        "reasons follow 0.94's rules and may differ",
+        "parameters missing from this bombcell run were filled with bombcell's "
+        "back-compatibility defaults: computeDrift=False"]
+
+
+def test_empty_csv_cells_of_metrics_are_nan(monkeypatch):
+    monkeypatch.setattr(pr, "_read_columns", lambda path: {
+        "nSpikes": [1.0, pr.EMPTY_CSV_CELL], "bc_unitType": ["GOOD", pr.EMPTY_CSV_CELL]})
+    columns = pr._read_metrics(None)
+    assert columns["nSpikes"].dtype == np.float64 and np.isnan(columns["nSpikes"][1])
+    assert columns["bc_unitType"].tolist() == ["GOOD", None]

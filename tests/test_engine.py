@@ -704,3 +704,27 @@ def test_unreadable_saved_labels_are_ignored_with_a_warning(tmp_path, caplog):
     assert result.bombcell_label.tolist() == [None] * 5
     assert f"{tsv}: unreadable ('utf-8' codec can't decode" in caplog.text
     assert "saved labels ignored" in caplog.text
+
+
+def test_flags_bombcell_cannot_read_are_named():
+    empty = pr.EMPTY_CSV_CELL
+    for key in ("computeSpatialDecay", "spDecayLinFit"):
+        params = dict(DEFAULTS, **{key: empty})
+        with pytest.raises(pr.BombcellReasonError) as error:
+            pr.linear_spatial_decay(params)
+        assert str(error.value) == pr._empty_cell_message(key)
+        assert str(error.value).startswith(f"parameter {key} is empty in bombcell's CSV twin")
+    with pytest.raises(pr.BombcellReasonError) as error:
+        pr.linear_spatial_decay(dict(DEFAULTS, computeSpatialDecay=2.5, spDecayLinFit=True))
+    assert str(error.value).startswith(
+        "computeSpatialDecay = 2.5 and spDecayLinFit = True: bombcell combines them with `&`")
+    with pytest.raises(pr.BombcellReasonError) as error:
+        pr.enabled_flags(dict(DEFAULTS, computeSpatialDecay=True, spDecayLinFit=np.array([1, 2])))
+    assert str(error.value).startswith(
+        "computeSpatialDecay = True and spDecayLinFit = array([1, 2]): bombcell combines")
+    with pytest.raises(pr.BombcellReasonError) as error:
+        pr._truth({"extractRaw": empty}, "extractRaw")
+    assert str(error.value) == pr._empty_cell_message("extractRaw")
+    with pytest.raises(pr.BombcellReasonError) as error:
+        pr._truth({"extractRaw": np.array([1, 2])}, "extractRaw")
+    assert str(error.value).startswith("flag extractRaw = array([1, 2]) has no truth value")

@@ -137,6 +137,7 @@ CASES = [
      [N_SPIKES] + SHAPE),
     ("split", dict(ROUTE_A, nTroughs=3), "NOISE", "NOISE: # troughs 3 > 1", [N_TROUGHS]),
     # keepUncertainRPVUnits: an uncertain RPV estimate (RPV_status 0) keeps the unit
+    ("keep uncertain RPV", {}, "GOOD", "GOOD: passed all thresholds", []),
     ("keep uncertain RPV", dict(fractionRPVs_estimatedTauR=0.23, RPV_status=0), "GOOD",
      "GOOD: fraction RPVs kept (uncertain)", []),
     ("keep uncertain RPV", dict(fractionRPVs_estimatedTauR=0.23, RPV_status=1), "MUA",

@@ -376,3 +376,26 @@ def test_notes_of_one_unit(variant, unit, saved, notes):
     """The notes the view, ``explain --cluster`` and load_reasons give, written by hand."""
     result = _classify(variant, [unit], saved=None if saved is None else [saved])
     assert result.unit_notes(0) == notes
+
+
+@pytest.mark.parametrize("x, digits, text", [
+    (None, 3, "None"), ("inf", 3, "inf"), (NAN, 3, "NaN"), (INF, 3, "inf"), (-INF, 3, "-inf"),
+    (3.0, 3, "3"), (-12, 3, "-12"), (0.23456, 3, "0.235"), (45.67, 3, "45.7"), (123.456, 3, "123"),
+    (1234.5, 3, "1234"), (1100.5, 3, "1100"), (1.234e-7, 3, "1.23e-07"), (0.23456, 4, "0.2346"),
+    (0.1 + 0.2, None, "0.30000000000000004"),
+])
+def test_number_texts(x, digits, text):
+    assert pr.format_number(x, digits) == text
+
+
+def test_number_text_default_digits():
+    assert pr.format_number(0.23456) == "0.235"
+
+
+def test_parameters_named_in_messages_and_odd_keys():
+    with pytest.raises(pr.BombcellReasonError) as error:
+        pr.complete_params({"max_n_peaks": 2})
+    assert str(error.value).startswith("parameters: written by bombcell 0.31 or older")
+    params, _ = pr.complete_params({**PARAMS, "n_peaks": 1, 5: "an int key"})
+    assert params["maxNPeaks"] == 2
+    assert pr.newer_bombcell_names([5, "nPeaks", "newOne", " spaced "]) == ["newOne"]

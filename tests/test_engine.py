@@ -626,3 +626,105 @@ def test_demo_command_in_a_drop_in_copy_says_what_is_missing(monkeypatch, capsys
     assert run_cli("demo", "--help") == pr.EXIT_INPUT
     err = capsys.readouterr().err
     assert "the demo needs phy_bc_reason_demo.py" in err and "drop-in file" in err
+
+
+# -- found by mutation testing --------------------------------------------------------------------
+
+def test_tsv_text_is_one_ascii_line():
+    assert pr._tsv_safe("MUA:\tfraction\rRPVs\n0.2 \u2264 0.1 \u00e9") == "MUA: fraction RPVs 0.2 ? 0.1 ?"
+    assert pr._tsv_safe(3) == "3"
+
+
+def test_tsv_written_through_a_temporary_file_in_the_same_folder(dataset, monkeypatch):
+    """The rename is atomic only within one file system: the temporary file sits next to the
+    TSV, hidden (a dot name) and not a .tsv (phylib reads every .tsv of the folder)."""
+    renames = []
+    replace = os.replace
+
+    def recording_replace(src, dst):
+        renames.append((Path(src), Path(dst)))
+        replace(src, dst)
+    monkeypatch.setattr(os, "replace", recording_replace)
+    path = pr.write_reason_tsv(dataset, {1: "MUA: x", 0: "GOOD: passed all thresholds"})
+    [(tmp, target)] = renames
+    assert target == path == dataset / pr.TSV_NAME
+    assert tmp.parent == dataset and tmp.name.startswith(f".{pr.TSV_NAME}.")
+    assert tmp.suffix == ".tmp"
+    assert path.read_bytes() == (f"cluster_id\t{pr.COLUMN}\n0\tGOOD: passed all thresholds\n"
+                                 f"1\tMUA: x\n").encode("ascii")  # LF only, sorted ids
+    assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_one_line_of_an_exception_without_a_message():
+    assert pr._one_line(ValueError()) == "ValueError"
+    assert pr._one_line(OSError("disk full\nmore")) == "disk full"
+
+
+def test_csv_twin_details(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("Unnamed: 0,,flag,count,n\n0,x,True,1,5\n1,y,,,6\n2,z,False,2\n")
+    columns = pr._read_csv_columns(path)
+    assert list(columns) == ["flag", "count", "n"]  # index columns left out
+    assert columns["flag"] == [True, pr.EMPTY_CSV_CELL, False]
+    assert columns["count"] == [1.0, pr.EMPTY_CSV_CELL, 2.0]  # integers with gaps: floats
+    assert all(type(v) is float for v in columns["count"] if v is not pr.EMPTY_CSV_CELL)
+    assert columns["n"] == [5, 6, pr.EMPTY_CSV_CELL]  # a short row: empty cells
+    path.write_bytes(b"a,b\n\xff\xfe,1\n")
+    with pytest.raises(pr.BombcellReasonError) as error:
+        pr._read_csv_columns(path)
+    assert str(error.value).startswith(f"{path}: cannot be read ('utf-8' codec can't decode")
+    assert str(error.value).endswith("; re-run bombcell")
+
+
+@pytest.mark.parametrize("widths, expected", [
+    ({}, (4, 5)),  # no spike width saved: bombcell's defaults, unscaled
+    ({"spikeWidth": 82}, (4, 5)),
+    ({"spikeWidth": 82, "standardSpikeWidth": 61}, (5, 7)),  # x1.344: round(5.38), round(6.72)
+    ({"spikeWidth": 30, "standardSpikeWidth": 61}, (2, 3)),  # x0.49: at least 2 and 3
+    ({"spikeWidth": 1, "standardSpikeWidth": 0.5}, (8, 10)),
+    ({"spikeWidth": 82, "standardSpikeWidth": 0}, (4, 5)),
+    ({"spikeWidth": float("nan"), "standardSpikeWidth": 61}, (4, 5)),
+])
+def test_shape_route_defaults_scaled_by_spike_width(widths, expected):
+    """Written by hand from check_parameter_fields: with part of the shape route saved, the
+    missing widths are max(2, round(4 * w)) and max(3, round(5 * w)), w = spikeWidth /
+    standardSpikeWidth where both are usable, else 1."""
+    params = {k: v for k, v in DEFAULTS.items()
+              if k not in ("minWidthFirstPeak_nonSomatic", "minWidthMainTrough_nonSomatic")}
+    params, _ = pr.complete_params(dict(params, **widths))
+    assert (params["minWidthFirstPeak_nonSomatic"], params["minWidthMainTrough_nonSomatic"]) == \
+        expected
+
+
+def test_unreadable_saved_labels_are_ignored_with_a_warning(tmp_path, caplog):
+    write_results(tmp_path, n_units=5, labels=False)
+    tsv = tmp_path / pr.UNIT_TYPE_TSV
+    tsv.write_bytes(b"cluster_id\tbc_unitType\n0\t\xff\n")
+    result = pr.classify_dataset(tmp_path)
+    assert result.bombcell_label.tolist() == [None] * 5
+    assert f"{tsv}: unreadable ('utf-8' codec can't decode" in caplog.text
+    assert "saved labels ignored" in caplog.text
+
+
+def test_flags_bombcell_cannot_read_are_named():
+    empty = pr.EMPTY_CSV_CELL
+    for key in ("computeSpatialDecay", "spDecayLinFit"):
+        params = dict(DEFAULTS, **{key: empty})
+        with pytest.raises(pr.BombcellReasonError) as error:
+            pr.linear_spatial_decay(params)
+        assert str(error.value) == pr._empty_cell_message(key)
+        assert str(error.value).startswith(f"parameter {key} is empty in bombcell's CSV twin")
+    with pytest.raises(pr.BombcellReasonError) as error:
+        pr.linear_spatial_decay(dict(DEFAULTS, computeSpatialDecay=2.5, spDecayLinFit=True))
+    assert str(error.value).startswith(
+        "computeSpatialDecay = 2.5 and spDecayLinFit = True: bombcell combines them with `&`")
+    with pytest.raises(pr.BombcellReasonError) as error:
+        pr.enabled_flags(dict(DEFAULTS, computeSpatialDecay=True, spDecayLinFit=np.array([1, 2])))
+    assert str(error.value).startswith(
+        "computeSpatialDecay = True and spDecayLinFit = array([1, 2]): bombcell combines")
+    with pytest.raises(pr.BombcellReasonError) as error:
+        pr._truth({"extractRaw": empty}, "extractRaw")
+    assert str(error.value) == pr._empty_cell_message("extractRaw")
+    with pytest.raises(pr.BombcellReasonError) as error:
+        pr._truth({"extractRaw": np.array([1, 2])}, "extractRaw")
+    assert str(error.value).startswith("flag extractRaw = array([1, 2]) has no truth value")

@@ -137,6 +137,7 @@ CASES = [
      [N_SPIKES] + SHAPE),
     ("split", dict(ROUTE_A, nTroughs=3), "NOISE", "NOISE: # troughs 3 > 1", [N_TROUGHS]),
     # keepUncertainRPVUnits: an uncertain RPV estimate (RPV_status 0) keeps the unit
+    ("keep uncertain RPV", {}, "GOOD", "GOOD: passed all thresholds", []),
     ("keep uncertain RPV", dict(fractionRPVs_estimatedTauR=0.23, RPV_status=0), "GOOD",
      "GOOD: fraction RPVs kept (uncertain)", []),
     ("keep uncertain RPV", dict(fractionRPVs_estimatedTauR=0.23, RPV_status=1), "MUA",
@@ -213,3 +214,188 @@ def test_a_saved_label_that_differs_is_said_after_the_reason():
     result = pr.Classification(PARAMS, {k: np.asarray(v, dtype=float) for k, v in metrics.items()},
                                [7], bombcell_label=["GOOD"])
     assert result.reason.tolist() == ["MUA: fraction RPVs 0.23 > 0.1 (bombcell saved GOOD)"]
+
+
+@pytest.mark.parametrize("op, value, threshold, status, text", [
+    (">", 0.23, 0.1, "fail", "0.23 > 0.1"),
+    ("<", 250, 300, "fail", "250 < 300"),
+    (">", 0.05, 0.1, "pass", "0.05 \u2264 0.1"),  # the relation that holds
+    ("<", 0.95, 0.7, "pass", "0.95 \u2265 0.7"),
+    (">", 0.1, 0.1, "pass", "0.1 \u2264 0.1"),  # at the threshold: passes
+    (">", 0.10004, 0.1, "fail", "0.10004 > 0.1"),
+    (">", None, 0.3, "nan", "NaN (passes)"),
+    ("<", 2, 5, "nan", "2 (not tested)"),  # SNR where rawAmplitude is NaN
+    (">", 150, 100, "disabled", "off"),
+    ("<", None, None, "disabled", "off"),
+    ("isnan", None, None, "fail", "NaN"),
+    ("isnan", 1, None, "pass", "not NaN"),
+    (">", 0.23, 0.1, "kept", "0.23 > 0.1"),
+    (">", "inf", 0.8, "fail", "inf > 0.8"),
+])
+def test_view_comparison_texts(op, value, threshold, status, text):
+    """What the view shows next to each criterion, written by hand."""
+    assert pr.comparison_text(op, value, threshold, status) == text
+
+
+def _classify(variant, units, saved=None):
+    metrics = {k: np.asarray([dict(PASSING, **u)[k] for u in units], dtype=float) for k in PASSING}
+    return pr.Classification(VARIANTS[variant], metrics, list(range(len(units))), saved)
+
+
+@pytest.mark.parametrize("variant, unit, tooltip", [
+    ("plain", {}, "GOOD: passed all thresholds"),
+    ("plain", dict(ALL_NAN, nSpikes=0),
+     "NO LABEL: unit has no spikes (nSpikes = 0); bombcell leaves it unlabelled"),
+    ("keep uncertain RPV", dict(fractionRPVs_estimatedTauR=0.23, RPV_status=0),
+     "GOOD: fractionRPVs_estimatedTauR>maxRPVviolations (0.23 > 0.1) kept: uncertain RPV "
+     "estimate, kept by keepUncertainRPVUnits"),
+    ("keep uncertain RPV", dict(fractionRPVs_estimatedTauR=0.23, RPV_status=0, nSpikes=0),
+     "NO LABEL: unit has no spikes (nSpikes = 0); bombcell leaves it unlabelled"),
+    ("plain", dict(nTroughs=3, waveformBaselineFlatness=0.5),
+     "NOISE: nTroughs>maxNTroughs (3 > 1); waveformBaselineFlatness>maxWvBaselineFraction "
+     "(0.5 > 0.3)"),
+    ("plain", dict(ALL_NAN, nSpikes=30), "NOISE: nPeaks is NaN"),
+    ("plain", dict(ROUTE_A, **ROUTE_B),
+     "NON-SOMA: troughToPeak2Ratio<minTroughToPeak2Ratio_nonSomatic (3 < 5); "
+     "mainPeak_before_width<minWidthFirstPeak_nonSomatic (2 < 4); "
+     "mainTrough_width<minWidthMainTrough_nonSomatic (3 < 5); "
+     "peak1ToPeak2Ratio>maxPeak1ToPeak2Ratio_nonSomatic (4 > 3); "
+     "mainPeakToTroughRatio>maxMainPeakToTroughRatio_nonSomatic (1.2 > 0.8)"),
+])
+def test_tooltip_names_every_deciding_criterion_in_full(variant, unit, tooltip):
+    assert _classify(variant, [unit]).full_reason(0) == tooltip
+
+
+def _row(mark, stage, short, name, value, threshold, status, margin):
+    return (f"  {mark} {stage:13} {short:18} {name:57} {value:>9} {threshold:>10} {status:8} "
+            f"{margin:>9}")
+
+
+def test_explain_table_of_one_cluster():
+    """``phy-bc-reason explain --cluster``: deciding criteria first (*), then the rest by status
+    (fail, kept, nan, pass, disabled), each group in the rule table's order."""
+    result = _classify("plain", [dict(percentageSpikesMissing_gaussian=30, presenceRatio=0.5),
+                                 dict(ALL_NAN, nSpikes=0)], saved=["MUA", ""])
+    lines = result.explain_text(0).splitlines()
+    assert lines[:3] == [
+        "cluster 0: MUA: % spikes missing 30 > 20 +1",
+        "  label: MUA   bombcell's saved label: MUA",
+        "    stage         name               criterion: fails when" + " " * 36
+        + "     value  threshold status      margin"]
+    assert lines[3:7] == [
+        _row("*", "mua", "% spikes missing", "percentageSpikesMissing_gaussian>maxPercSpikesMissing",
+             "30", "20", "fail", "-10"),
+        _row("*", "mua", "presence ratio", "presenceRatio<minPresenceRatio", "0.5", "0.7", "fail",
+             "-0.2"),
+        _row(" ", "noise", "# peaks", "nPeaks is NaN", "1", "-", "pass", "-"),
+        _row(" ", "noise", "# peaks", "nPeaks>maxNPeaks", "1", "2", "pass", "1")]
+    assert lines[-3:] == [
+        _row(" ", "noise", "spatial decay", "spatialDecaySlope<minSpatialDecaySlopeExp", "-0.002",
+             "0.01", "disabled", "-"),
+        _row(" ", "noise", "spatial decay", "spatialDecaySlope>maxSpatialDecaySlopeExp", "-0.002",
+             "0.1", "disabled", "-"),
+        "  * decides the label.  margin: distance on the passing side (negative: fails)"]
+    assert len(lines) == 3 + len(pr.RULES) + 1
+    empty = result.explain_text(1).splitlines()
+    assert empty[:2] == ["cluster 1: NO LABEL: no spikes",
+                         "  label: NO LABEL   bombcell's saved label: NO LABEL"]
+    assert _row(" ", "noise", "# peaks", "nPeaks is NaN", "NaN", "-", "fail", "-") in empty
+    assert "  note: no spikes (nSpikes = 0): bombcell gives empty units no label, whatever their " \
+           "metrics" in empty
+    assert _classify("plain", [{}]).explain_text(0).splitlines()[1] == \
+        "  label: GOOD   bombcell's saved label: not saved"
+    assert result.explain_text(5) == f"cluster 5: {pr.NO_ROW_REASON}"
+
+
+def test_label_counts_in_the_order_curators_read_them():
+    labels = ["NOISE", "", "GOOD", "NON-SOMA MUA", "MUA", "NON-SOMA", "NON-SOMA GOOD", "GOOD", None]
+    assert list(pr.label_counts(labels).items()) == [
+        ("GOOD", 2), ("MUA", 1), ("NOISE", 1), ("NON-SOMA", 1), ("NON-SOMA GOOD", 1),
+        ("NON-SOMA MUA", 1), ("NO LABEL", 2)]
+    assert pr.label_counts([]) == {}
+
+
+INF = float("inf")
+SAVED_DIFFERS = ("bombcell saved the label {!r}, but its classifier gives {!r} for the saved "
+                 "parameters and metrics: they changed after the run, or came from another "
+                 "bombcell version")
+
+
+@pytest.mark.parametrize("variant, unit, saved, notes", [
+    ("plain", {}, "GOOD", []),
+    ("plain", dict(ALL_NAN, nSpikes=0), None,
+     ["no spikes (nSpikes = 0): bombcell gives empty units no label, whatever their metrics"]),
+    ("plain", dict(ALL_NAN, nSpikes=30), None,
+     ["nPeaks is NaN: bombcell could not compute waveform metrics (units with fewer than 50 "
+      "spikes get NaN metrics) and counts that as NOISE",
+      "also fails, without deciding the label: nSpikes<minNumSpikes (30 < 300) (NOISE takes "
+      "precedence over MUA)"]),
+    ("plain", dict(waveformBaselineFlatness=NAN, presenceRatio=NAN, nTroughs=NAN), None,
+     ["NaN values pass these tests, as in bombcell: nTroughs>maxNTroughs, "
+      "waveformBaselineFlatness>maxWvBaselineFraction",
+      "NaN values pass these MUA tests, as in bombcell: presenceRatio<minPresenceRatio"]),
+    ("plain", dict(rawAmplitude=NAN, signalToNoiseRatio=2), None,
+     ["signalToNoiseRatio<minSNR not tested: bombcell skips it where rawAmplitude is NaN",
+      "NaN values pass these MUA tests, as in bombcell: rawAmplitude<minAmplitude"]),
+    ("plain", dict(spatialDecaySlope=INF), None,
+     ["spatialDecaySlope is inf: bombcell does not clean inf, so it passes "
+      "spatialDecaySlope<minSpatialDecaySlope"]),
+    ("plain", dict(scndPeakToTroughRatio=INF), None,
+     ["scndPeakToTroughRatio is inf: bombcell does not clean inf, so it fails "
+      "scndPeakToTroughRatio>maxScndPeakToTroughRatio_noise"]),
+    ("plain", dict(ROUTE_B, fractionRPVs_estimatedTauR=0.23), None,
+     ["also fails, without deciding the label: fractionRPVs_estimatedTauR>maxRPVviolations "
+      "(0.23 > 0.1) (the NON-SOMA label hides MUA failures when splitGoodAndMua_NonSomatic is "
+      "off)"]),
+    ("plain", dict(nTroughs=3, fractionRPVs_estimatedTauR=0.5), None,
+     ["also fails, without deciding the label: fractionRPVs_estimatedTauR>maxRPVviolations "
+      "(0.5 > 0.1) (NOISE takes precedence over MUA)"]),
+    ("plain", dict(ROUTE_A, nTroughs=3), None,
+     ["non-somatic tests are not applied to NOISE units"]),
+    ("plain", dict(ROUTE_B, nTroughs=3), None,
+     ["non-somatic tests are not applied to NOISE units"]),
+    ("plain", dict(ROUTE_A, mainTrough_width=10, nTroughs=3), None, []),
+    ("plain", dict(ROUTE_A, mainTrough_width=10), None,
+     ["3 of 4 shape-route tests fail: the shape route makes a unit non-somatic only when all "
+      "four fail"]),
+    ("plain", dict(troughToPeak2Ratio=3), None,
+     ["1 of 4 shape-route tests fail: the shape route makes a unit non-somatic only when all "
+      "four fail"]),
+    ("plain", ROUTE_A, None, []),
+    ("keep uncertain RPV", dict(fractionRPVs_estimatedTauR=0.23, RPV_status=0), None,
+     ["fractionRPVs_estimatedTauR>maxRPVviolations (0.23 > 0.1) would fail, but the RPV "
+      "estimate is uncertain (RPV_status 0), kept by keepUncertainRPVUnits: bombcell lets the "
+      "unit pass this test"]),
+    ("plain", dict(fractionRPVs_estimatedTauR=0.23), "GOOD", [SAVED_DIFFERS.format("GOOD", "MUA")]),
+    ("plain", {}, "", [SAVED_DIFFERS.format("(none)", "GOOD")]),
+    ("plain", dict(ALL_NAN, nSpikes=0), "NOISE",
+     ["no spikes (nSpikes = 0): bombcell gives empty units no label, whatever their metrics",
+      SAVED_DIFFERS.format("NOISE", "(none)")]),
+])
+def test_notes_of_one_unit(variant, unit, saved, notes):
+    """The notes the view, ``explain --cluster`` and load_reasons give, written by hand."""
+    result = _classify(variant, [unit], saved=None if saved is None else [saved])
+    assert result.unit_notes(0) == notes
+
+
+@pytest.mark.parametrize("x, digits, text", [
+    (None, 3, "None"), ("inf", 3, "inf"), (NAN, 3, "NaN"), (INF, 3, "inf"), (-INF, 3, "-inf"),
+    (3.0, 3, "3"), (-12, 3, "-12"), (0.23456, 3, "0.235"), (45.67, 3, "45.7"), (123.456, 3, "123"),
+    (1234.5, 3, "1234"), (1100.5, 3, "1100"), (1.234e-7, 3, "1.23e-07"), (0.23456, 4, "0.2346"),
+    (0.1 + 0.2, None, "0.30000000000000004"),
+])
+def test_number_texts(x, digits, text):
+    assert pr.format_number(x, digits) == text
+
+
+def test_number_text_default_digits():
+    assert pr.format_number(0.23456) == "0.235"
+
+
+def test_parameters_named_in_messages_and_odd_keys():
+    with pytest.raises(pr.BombcellReasonError) as error:
+        pr.complete_params({"max_n_peaks": 2})
+    assert str(error.value).startswith("parameters: written by bombcell 0.31 or older")
+    params, _ = pr.complete_params({**PARAMS, "n_peaks": 1, 5: "an int key"})
+    assert params["maxNPeaks"] == 2
+    assert pr.newer_bombcell_names([5, "nPeaks", "newOne", " spaced "]) == ["newOne"]

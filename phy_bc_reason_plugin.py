@@ -1866,6 +1866,342 @@ def write_params_file(path, changes):
 
 
 # ------------------------------------------------------------------------------------------------
+# The curator's labels against bombcell's: concordance and suggested thresholds
+# ------------------------------------------------------------------------------------------------
+# The curator's labels are phy's ``group`` (cluster_group.tsv, or supervisor.cluster_meta inside
+# phy): good, mua or noise; ``unsorted`` and unlabelled clusters are left out.  ``suggest`` is
+# bombcell 0.94's ``manual_analysis.suggest_parameter_adjustments`` reproduced with numpy (bombcell
+# is never imported in phy's process): each noise/MUA threshold swept alone within its stage,
+# balanced accuracy, a stratified bootstrap of the best threshold (the same random draws, seed
+# included), out-of-bag accuracy.  tests/test_concordance.py checks every row against the real
+# function.  The sweep is counted with cumulative sums over the sorted metric instead of
+# bombcell's unit x threshold matrix (the same integers, so the same floats): 2,000 units in
+# well under a second.
+
+GROUP_TSV = "cluster_group.tsv"  # phy's labels
+CURATOR_GROUPS = ("good", "mua", "noise")
+# Which curator labels a stage's criteria should pass and fail: bombcell's _STAGE_LABELS for
+# phy's three labels (noise criteria separate noise from the rest, MUA criteria good from mua).
+STAGE_GROUPS = {"noise": (("good", "mua"), ("noise",)), "mua": (("good",), ("mua",))}
+# bombcell's label -> the curator label it agrees with (unsplit NON-SOMA: any unit not noise).
+AGREEING_GROUPS = {"GOOD": ("good",), "NON-SOMA GOOD": ("good",), "MUA": ("mua",),
+                   "NON-SOMA MUA": ("mua",), "NON-SOMA": ("good", "mua"), "NOISE": ("noise",)}
+SUGGEST_COLUMNS = ("parameter", "metric", "stage", "current", "suggested", "status", "n_pass",
+                   "n_fail", "accuracy_current", "accuracy_suggested", "ci_low", "ci_high")
+# suggest_parameter_adjustments' defaults (at least 20 labelled units on each side, ...).
+SUGGEST_DEFAULTS = {"min_units_per_class": 20, "min_improvement": 0.05, "n_bootstrap": 200,
+                    "random_seed": 0}
+_INTEGER_METRICS = ("nPeaks", "nTroughs", "nSpikes")  # suggested values rounded to integers
+_SUGGESTABLE = tuple(i for i, r in enumerate(RULES) if r.stage in STAGE_GROUPS and r.param)
+SUGGEST_PARAMS_NAME = "bombcell_suggested_parameters.json"  # phy's "Save suggestions"
+
+
+def curator_labels(groups):
+    """{cluster_id: good/mua/noise} from phy's ``group`` values ({cluster_id: text}): other
+    values (``unsorted``, empty) are left out."""
+    return {int(c): str(g).strip().lower() for c, g in groups.items()
+            if g is not None and str(g).strip().lower() in CURATOR_GROUPS}
+
+
+def read_curator_labels(dataset_dir):
+    """The curator's labels of DATASET/cluster_group.tsv ({} when phy never saved any)."""
+    path = dataset_path(dataset_dir) / GROUP_TSV
+    if not path.is_file():
+        return {}
+    try:
+        return curator_labels(read_cluster_tsv(path))
+    except (OSError, ValueError) as e:
+        raise BombcellReasonError(f"{path}: unreadable ({_one_line(e)})") from None
+
+
+def labelled_rows(result, labels):
+    """(rows, groups, cluster ids) of the labelled clusters bombcell has a row for, by cluster id
+    (the order bombcell's function is given the units in: the bootstrap draws depend on it)."""
+    ids = np.array(sorted(c for c in labels if result.row(c) is not None), dtype=np.int64)
+    rows = np.array([result.row(c) for c in ids], dtype=np.int64)
+    groups = np.array([labels[int(c)] for c in ids], dtype=object)
+    return rows, groups, ids
+
+
+def agrees(bombcell_labels, groups):
+    """Per unit: bombcell's label agrees with the curator's (see AGREEING_GROUPS)."""
+    return np.array([g in AGREEING_GROUPS.get(b, ()) for b, g in zip(bombcell_labels, groups)],
+                    dtype=bool)
+
+
+def concordance(result, labels):
+    """The curator's labels (``{cluster_id: good/mua/noise}``) against ``result``'s labels: the
+    confusion counts, the agreement rate, per criterion the units the curator kept that it
+    rejects and rejected that it passes, and the disagreeing clusters."""
+    rows, groups, ids = labelled_rows(result, labels)
+    bombcell = np.array([b or NO_LABEL for b in result.label[rows]], dtype=object)
+    confusion = {g: {} for g in CURATOR_GROUPS}
+    for g, b in zip(groups, bombcell):
+        confusion[g][b] = confusion[g].get(b, 0) + 1
+    agree = agrees(bombcell, groups)
+    criteria = []
+    # per criterion: bombcell's own rule table (the SpikeInterface route's has other criteria)
+    for i in _SUGGESTABLE if result.route == "bombcell" else ():
+        rule = RULES[i]
+        if not rule_enabled(rule, result.params):
+            continue
+        kept, rejected = (np.isin(groups, list(g)) for g in STAGE_GROUPS[rule.stage])
+        fails = result.fails[i, rows]
+        criteria.append({"criterion": rule.name, "parameter": rule.param, "stage": rule.stage,
+                         "threshold": _json_number(result.thresholds[i]),
+                         "kept_but_fails": int((kept & fails).sum()),
+                         "rejected_but_passes": int((rejected & ~fails).sum())})
+    n = len(ids)
+    return {"n_labelled": n, "n_without_bombcell_row": len(labels) - n,
+            "n_agree": int(agree.sum()), "agreement": float(agree.mean()) if n else None,
+            "confusion": confusion, "criteria": criteria,
+            "disagreements": [{"cluster_id": int(c), "curator": g, "bombcell": b}
+                              for c, g, b, a in zip(ids, groups, bombcell, agree) if not a],
+            "what_if": {k: _json_param(v) for k, v in result.changes.items()}}
+
+
+def format_concordance(info):
+    """concordance() as the CLI's text."""
+    n = info["n_labelled"]
+    if not n:
+        return ("no curator labels (good/mua/noise in cluster_group.tsv) on units bombcell has a "
+                "row for: label clusters in phy and save")
+    seen = sorted({b for row in info["confusion"].values() for b in row},
+                  key=lambda b: (b not in AGREEING_GROUPS, b))
+    lines = [f"{info['n_agree']} of {n} labelled units agree with bombcell "
+             f"({100 * info['agreement']:.1f}%)", "",
+             "curator \\ bombcell " + "".join(f"{b:>14}" for b in seen)]
+    for g, row in info["confusion"].items():
+        lines.append(f"{g:<19}" + "".join(f"{row.get(b, 0):>14}" for b in seen))
+    lines += ["", f"{'criterion':<52}{'kept, fails':>12}{'rejected, passes':>18}"]
+    for c in info["criteria"]:
+        lines.append(f"{c['criterion']:<52}{c['kept_but_fails']:>12}{c['rejected_but_passes']:>18}")
+    lines.append("(kept/rejected: the curator's labels this stage passes/fails: noise criteria "
+                 "good+mua/noise, MUA criteria good/mua)")
+    if info["disagreements"]:
+        lines += ["", "disagreements: " + ", ".join(
+            f"{d['cluster_id']} ({d['curator']} vs {d['bombcell']})" for d in info["disagreements"])]
+    return "\n".join(lines)
+
+
+# -- suggest: bombcell's suggest_parameter_adjustments --------------------------------------------
+
+def _criterion_active(rule, params):
+    """bombcell's _criterion_is_active: the rule's flags hold and its parameter is a number."""
+    if rule.param not in params or not rule_enabled(rule, params):
+        return False
+    return not np.all(np.isnan(np.atleast_1d(np.asarray(params[rule.param], dtype=float))))
+
+
+def _suggest_failures(values, thresholds, active):
+    """(n_rules, n_units) of what each active criterion rejects as bombcell's function sees it:
+    a non-finite value never fails (unlike the classifier, which fails an inf)."""
+    fails = np.zeros(values.shape, dtype=bool)
+    with np.errstate(invalid="ignore"):
+        for i in np.flatnonzero(active):
+            passes = values[i] >= thresholds[i] if RULES[i].op == "<" else values[i] <= thresholds[i]
+            fails[i] = ~passes & np.isfinite(values[i])
+    return fails
+
+
+def _balanced_accuracy(rejected, should_reject):
+    """Mean of sensitivity and specificity (bombcell's, with a boolean mean: count / n)."""
+    return 0.5 * (rejected[should_reject].mean() + (~rejected[~should_reject]).mean())
+
+
+class _Sweep:
+    """One criterion's thresholds scored on (re)sampled units with counts, not a matrix.
+
+    A unit is rejected at candidate c when another criterion of the stage rejects it, or its
+    value is on the failing side of c; with the values sorted, the units on the failing side of
+    each candidate are a prefix (``<``) or a suffix (``>``), so weighted prefix sums give every
+    candidate's counts at once."""
+
+    def __init__(self, values, candidates, below, others_fail, should_reject):
+        order = np.argsort(values, kind="stable")
+        self.order, self.below = order, below
+        self.cut = np.searchsorted(values[order], candidates, side="left" if below else "right")
+        free = ~others_fail
+        self.reject_free = (should_reject & free)[order]
+        self.keep_free = (~should_reject & free)[order]
+        self.reject_others = should_reject & others_fail
+
+    def scores(self, weights, n_reject, n_keep):
+        """Balanced accuracy of every candidate for units counted ``weights`` times."""
+        w = weights[self.order]
+        cum_r = np.concatenate(([0], np.cumsum(w * self.reject_free)))
+        cum_k = np.concatenate(([0], np.cumsum(w * self.keep_free)))
+        at_r, at_k = cum_r[self.cut], cum_k[self.cut]
+        failing_r = at_r if self.below else cum_r[-1] - at_r
+        kept_k = cum_k[-1] - at_k if self.below else at_k
+        rejected_r = int((weights * self.reject_others).sum()) + failing_r
+        return 0.5 * (rejected_r / n_reject + kept_k / n_keep)
+
+
+def _candidate_thresholds(values):
+    """bombcell's: midpoints between observed values, and one that accepts / rejects everything."""
+    unique_values = np.unique(values)
+    if unique_values.size < 2:
+        return np.array([])
+    midpoints = (unique_values[:-1] + unique_values[1:]) / 2
+    span = unique_values[-1] - unique_values[0]
+    return np.concatenate([[unique_values[0] - span], midpoints, [unique_values[-1] + span]])
+
+
+def _best_of(scores, candidates, tie_break_towards):
+    tied = np.flatnonzero(scores >= scores.max() - 1e-12)
+    return tied[np.argmin(np.abs(candidates[tied] - tie_break_towards))]
+
+
+def _bootstrap(sweep, rejected_at, should_reject, candidates, current, n_bootstrap, rng):
+    """bombcell's _bootstrap_threshold, draw for draw: (median, 16th, 84th percentile of the best
+    threshold, mean out-of-bag balanced accuracy)."""
+    reject_idx = np.flatnonzero(should_reject)
+    keep_idx = np.flatnonzero(~should_reject)
+    n = should_reject.size
+    thresholds = np.empty(n_bootstrap)
+    oob_accuracies = []
+    for i in range(n_bootstrap):
+        resampled = np.concatenate([rng.choice(reject_idx, size=reject_idx.size, replace=True),
+                                    rng.choice(keep_idx, size=keep_idx.size, replace=True)])
+        weights = np.bincount(resampled, minlength=n)
+        best = _best_of(sweep.scores(weights, reject_idx.size, keep_idx.size), candidates, current)
+        thresholds[i] = candidates[best]
+        held_out = weights == 0
+        n_held = int(held_out.sum())
+        if n_held and 0 < should_reject[held_out].sum() < n_held:
+            column = np.flatnonzero(candidates == candidates[best])[0]
+            oob_accuracies.append(_balanced_accuracy(rejected_at(candidates[column])[held_out],
+                                                     should_reject[held_out]))
+    return (np.median(thresholds), np.percentile(thresholds, 16), np.percentile(thresholds, 84),
+            float(np.mean(oob_accuracies)) if oob_accuracies else np.nan)
+
+
+def _round_threshold(threshold, values, below, is_integer):
+    """bombcell's: readable without moving the decision boundary."""
+    if is_integer:
+        return int(np.ceil(threshold)) if below else int(np.floor(threshold))
+    magnitude = np.nanmax(np.abs(values))
+    if magnitude == 0 or not np.isfinite(magnitude):
+        return float(threshold)
+    decimals = max(0, 3 - int(np.floor(np.log10(magnitude))) - 1)
+    return float(np.round(threshold, decimals))
+
+
+def suggest(result, labels, min_units_per_class=20, min_improvement=0.05, n_bootstrap=200,
+            random_seed=0):
+    """Per threshold parameter, bombcell's ``suggest_parameter_adjustments(...,
+    return_details=True)`` row for the curator's labels (``{cluster_id: good/mua/noise}``) and
+    ``result``'s parameters and metrics: a list of dicts with SUGGEST_COLUMNS as keys.  Status
+    "too few labels" when a class has fewer than ``min_units_per_class`` units (``n_pass`` and
+    ``n_fail`` say how many it has)."""
+    _bombcell_route_only(result, "suggested thresholds")
+    rows, groups, _ = labelled_rows(result, labels)
+    params = result.params
+    values = result.values[:, rows]
+    active = np.array([i in _SUGGESTABLE and _criterion_active(r, params)
+                       for i, r in enumerate(RULES)])
+    current = np.array([float(params[r.param]) if active[i] else np.nan
+                        for i, r in enumerate(RULES)])
+    fails = _suggest_failures(values, current, active)
+    predicted_noise = fails[IS_NOISE].any(axis=0)
+    rng = np.random.default_rng(random_seed)
+    out = []
+    for i in np.flatnonzero(active):
+        rule = RULES[i]
+        below = rule.op == "<"
+        passing, failing = STAGE_GROUPS[rule.stage]
+        evaluable = np.isin(groups, passing + failing) & np.isfinite(values[i])
+        if rule.stage == "mua":
+            evaluable &= ~predicted_noise
+        v = values[i, evaluable]
+        should_reject = np.isin(groups[evaluable], failing)
+        n_reject, n_keep = int(should_reject.sum()), int((~should_reject).sum())
+        row = {"parameter": rule.param, "metric": rule.metric, "stage": rule.stage,
+               "current": current[i], "suggested": np.nan, "status": "", "n_pass": n_keep,
+               "n_fail": n_reject, "accuracy_current": np.nan, "accuracy_suggested": np.nan,
+               "ci_low": np.nan, "ci_high": np.nan}
+        out.append(row)
+        if n_reject < min_units_per_class or n_keep < min_units_per_class:
+            row["status"] = "too few labels"
+            continue
+        candidates = _candidate_thresholds(v)
+        if candidates.size == 0:
+            row["status"] = "no variation"
+            continue
+        stage = IS_NOISE if rule.stage == "noise" else IS_MUA
+        others = stage.copy()
+        others[i] = False
+        others_fail = fails[others][:, evaluable].any(axis=0)
+
+        def rejected_at(threshold, v=v, others_fail=others_fail, below=below):
+            return others_fail | ((v < threshold) if below else (v > threshold))
+
+        row["accuracy_current"] = _balanced_accuracy(
+            others_fail | ~((v >= current[i]) if below else (v <= current[i])), should_reject)
+        sweep = _Sweep(v, candidates, below, others_fail, should_reject)
+        median, ci_low, ci_high, accuracy_suggested = _bootstrap(
+            sweep, rejected_at, should_reject, candidates, current[i], n_bootstrap, rng)
+        suggested = _round_threshold(median, v, below, rule.metric in _INTEGER_METRICS)
+        row.update(suggested=suggested, accuracy_suggested=accuracy_suggested, ci_low=ci_low,
+                   ci_high=ci_high)
+        accepts_everything = suggested <= v.min() if below else suggested >= v.max()
+        if ci_low <= current[i] <= ci_high:
+            row["status"] = "inconclusive"
+        elif accuracy_suggested - row["accuracy_current"] < min_improvement:
+            row["status"] = "ok as is"
+        elif accepts_everything:
+            row["status"] = "rejects only good units"
+        else:
+            row["status"] = "suggested"
+    return out
+
+
+def suggested_changes(rows):
+    """{param: suggested value} of the rows whose status is "suggested"."""
+    return {r["parameter"]: r["suggested"] for r in rows if r["status"] == "suggested"}
+
+
+def labels_needed(rows, min_units_per_class=20):
+    """Per "too few labels" row, how many more labels of which class it needs: a text."""
+    texts = []
+    for r in rows:
+        if r["status"] != "too few labels":
+            continue
+        passing, failing = STAGE_GROUPS[r["stage"]]
+        need = [f"{min_units_per_class - n} more {'/'.join(g)}" for n, g in
+                ((r["n_pass"], passing), (r["n_fail"], failing)) if n < min_units_per_class]
+        texts.append(f"{r['parameter']}: {' and '.join(need)}")
+    return texts
+
+
+def suggestion_json(row):
+    """One suggest() row as JSON-ready values (NaN as null)."""
+    return {k: (_json_number(v) if isinstance(v, (float, np.floating)) else v)
+            for k, v in row.items()}
+
+
+def format_suggestions(rows, min_units_per_class=20):
+    """suggest() as the CLI's table (bombcell's own print-out, with the labelled counts)."""
+    def num(x, fmt):
+        return "-" if x is None or (isinstance(x, float) and np.isnan(x)) else format(x, fmt)
+    lines = [f"  {'parameter':<32}{'current':>10}{'suggested':>11}{'acc now':>9}{'acc new':>9}"
+             f"{'pass':>6}{'fail':>6}  status"]
+    for r in rows:
+        marker = "->" if r["status"] == "suggested" else "  "
+        lines.append(f"{marker}{r['parameter']:<32}{r['current']:>10g}{num(r['suggested'], 'g'):>11}"
+                     f"{num(r['accuracy_current'], '.2f'):>9}{num(r['accuracy_suggested'], '.2f'):>9}"
+                     f"{r['n_pass']:>6}{r['n_fail']:>6}  {r['status']}")
+    lines.append("acc = balanced accuracy against the curator's labels ('acc new' on held-out "
+                 "units); pass/fail = labelled units on each side")
+    needed = labels_needed(rows, min_units_per_class)
+    if needed:
+        lines.append(f"too few labels (each needs {min_units_per_class} units on both sides): "
+                     + "; ".join(needed))
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------
 # Re-running bombcell (in a child process: phy's *Re-run bombcell*, ``phy-bc-reason rerun``)
 # ------------------------------------------------------------------------------------------------
 # bombcell runs on the saved clustering (its loader follows spike_clusters.npy, so clusters merged
@@ -2291,6 +2627,44 @@ def _cmd_summary(args):
     return EXIT_OK
 
 
+def _curated(args):
+    """(classification, the curator's labels) of ``args.dataset`` (a what-if with --set)."""
+    result, _, _ = _whatif_reasons(args)
+    return result, read_curator_labels(args.dataset)
+
+
+def _cmd_concordance(args):
+    result, labels = _curated(args)
+    info = concordance(result, labels)
+    if args.json:
+        print(json.dumps(info))
+        return EXIT_OK
+    if result.changes:
+        print(whatif_header(result))
+    print(format_concordance(info))
+    return EXIT_OK
+
+
+def _cmd_suggest(args):
+    result, labels = _curated(args)
+    rows = suggest(result, labels, min_units_per_class=args.min_units)
+    if args.json:
+        for row in rows:
+            print(json.dumps(suggestion_json(row)))
+    else:
+        if result.changes:
+            print(whatif_header(result))
+        print(format_suggestions(rows, args.min_units))
+    if args.save_suggestions:
+        changes = suggested_changes(rows)
+        if changes:
+            path = write_params_file(args.save_suggestions, changes)
+            print(f"suggested parameters written to {path}", file=sys.stderr)
+        else:
+            print("no suggested change: nothing written", file=sys.stderr)
+    return EXIT_OK
+
+
 def _cmd_explain(args):
     result, reasons, notes = _whatif_reasons(args)
     if result.changes and not args.json:
@@ -2522,6 +2896,46 @@ def build_parser():
     p.add_argument("--json", action="store_true", help="one JSON object per criterion and line")
     _whatif_options(p)
     p.set_defaults(func=_cmd_summary)
+
+    p = sub_parser(
+        "concordance", "the curator's labels (cluster_group.tsv) against bombcell's",
+        f"The curator's labels (phy's {GROUP_TSV}: good, mua, noise; unsorted and unlabelled "
+        "clusters left out) against bombcell's: the confusion counts, the agreement rate, per "
+        "criterion the units the curator kept that it fails and rejected that it passes, and the "
+        "disagreeing clusters.  NON-SOMA GOOD counts as good, NON-SOMA MUA as mua, NON-SOMA as "
+        "either.",
+        ["phy-bc-reason concordance path/to/kilosort_output",
+         "phy-bc-reason concordance path/to/kilosort_output --json"])
+    p.add_argument("dataset", help="Kilosort/phy dataset folder (or its params.py)")
+    p.add_argument("--bombcell-dir", help="bombcell results folder (default: DATASET/bombcell)")
+    p.add_argument("--json", action="store_true", help="one JSON object")
+    p.add_argument("--set", action="append", metavar="PARAM=VALUE",
+                   help="against a what-if's labels (repeatable)")
+    p.set_defaults(func=_cmd_concordance)
+
+    p = sub_parser(
+        "suggest", "thresholds that would agree better with the curator's labels",
+        "bombcell 0.94's suggest_parameter_adjustments on the curator's labels (phy's "
+        f"{GROUP_TSV}): per threshold parameter the suggested value and status, the current and "
+        "suggested balanced accuracy, the bootstrap interval and the labelled counts.  Each "
+        "threshold is swept alone within its stage; a value is suggested only with at least "
+        "--min-units labelled units on each side, an improvement on held-out units and the "
+        "current value outside the interval.",
+        ["phy-bc-reason suggest path/to/kilosort_output",
+         "phy-bc-reason suggest path/to/kilosort_output --json",
+         "phy-bc-reason suggest path/to/kilosort_output --save-params suggested.json"])
+    p.add_argument("dataset", help="Kilosort/phy dataset folder (or its params.py)")
+    p.add_argument("--bombcell-dir", help="bombcell results folder (default: DATASET/bombcell)")
+    p.add_argument("--json", action="store_true", help="one JSON object per parameter and line")
+    p.add_argument("--min-units", type=int, default=SUGGEST_DEFAULTS["min_units_per_class"],
+                   metavar="N", help="labelled units needed on each side (bombcell's "
+                                     "min_units_per_class, default %(default)s)")
+    p.add_argument("--set", action="append", metavar="PARAM=VALUE",
+                   help="start from a what-if's parameters (repeatable)")
+    p.add_argument("--save-params", metavar="FILE", dest="save_suggestions",
+                   help="write the suggested changes as JSON for bombcell's own run "
+                        "(param.update(json.load(open(FILE))) before bombcell.run_bombcell)")
+    p.set_defaults(func=_cmd_suggest)
 
     p = sub_parser(
         "rerun", "run bombcell again on the saved clustering (what phy's Re-run bombcell does)",
@@ -3036,6 +3450,8 @@ class _WhatIfLogic:
             view.plot()
         for view in list(self.summary_views):
             view.refresh()
+        if self.concordance_views:  # against the labels now shown
+            self.update_concordance()
 
     def save_whatif_params(self, path=None):
         changes = self.whatif_changes
@@ -3144,6 +3560,209 @@ class _WhatIfLogic:
         if new:
             meta.from_dict(new)
         return new
+
+
+# -- Bombcell vs my labels (the curator's labels against bombcell's, in phy) ---------------------
+# The curator's labels are ``supervisor.cluster_meta``'s ``group`` field; phy 2.1 and 2.0b5 both
+# announce a label change as the supervisor's ``cluster`` event with ``up.description ==
+# "metadata_group"`` (ClusterMeta.set; undo/redo too), a merge or split as "merge"/"assign".  The
+# view recomputes on those, debounced: the concordance (~3 ms for 2,000 units) in the GUI thread,
+# the suggestions (bombcell's method, ~0.5 s for 2,000 labelled units) in a worker thread whose
+# result is shown only if no newer labelling came in meanwhile.
+
+CONCORDANCE_VIEW_NAME = "BombcellConcordanceView"
+CONCORDANCE_DEBOUNCE_MS = 300  # labelling several clusters in a row recomputes once
+
+
+def _curator_groups(supervisor):
+    """The curator's labels now: {cluster_id: good/mua/noise} from cluster_meta's group field."""
+    meta = supervisor.cluster_meta
+    return curator_labels({int(c): meta.get("group", c) for c in supervisor.clustering.cluster_ids})
+
+
+def concordance_html(info, rows, computing=False, min_units=SUGGEST_DEFAULTS["min_units_per_class"]):
+    """The *Bombcell vs my labels* view: agreement, confusion counts, disagreements (links
+    ``cluster:ID``), suggestions with *Try* (``try:PARAM``) and *Save suggestions* (``save:``)."""
+    header = ""
+    if info["what_if"]:
+        header = ("<p style='color:#e0b040'><b>WHAT-IF " + _esc(", ".join(
+            f"{k}={v}" for k, v in info["what_if"].items())) + "</b> (<a href='reset:'>back</a>)</p>")
+    n = info["n_labelled"]
+    if not n:
+        return _html_page(header + "<p>No cluster labelled good, mua or noise yet (that bombcell "
+                          "has a row for). Label clusters (alt+g, alt+m, alt+n): this view "
+                          "compares your labels with bombcell's as you go.</p>")
+    seen = sorted({b for row in info["confusion"].values() for b in row},
+                  key=lambda b: (b not in AGREEING_GROUPS, b))
+    cells = "".join(f"<th>{_esc(_short_label(b))}</th>" for b in seen)
+    body = [header, f"<p><b>{info['n_agree']} of {n}</b> labelled units agree with bombcell "
+                    f"({100 * info['agreement']:.0f}%)</p>",
+            f"<table cellspacing=0 cellpadding=2><tr><th align=left>you</th>{cells}</tr>"]
+    for g, row in info["confusion"].items():
+        body.append(f"<tr><td>{g}</td>" + "".join(
+            f"<td align=right>{row.get(b, 0) or '·'}</td>" for b in seen) + "</tr>")
+    body.append("</table>")
+    dis = info["disagreements"]
+    if dis:
+        body.append(f"<p><b>{len(dis)} disagreement(s)</b> (click to select): " + ", ".join(
+            f"<a href='cluster:{d['cluster_id']}'>{d['cluster_id']}</a> {d['curator']}/"
+            f"{_esc(_short_label(d['bombcell']))}" for d in dis) + "</p>")
+    body.append("<p><b>Suggested thresholds</b> (bombcell's method)</p>")
+    if rows is None:
+        body.append("<p>computing…</p>" if computing else "<p>-</p>")
+    else:
+        suggested = [r for r in rows if r["status"] == "suggested"]
+        for r in suggested:
+            body.append(f"<p>{r['parameter']}: {r['current']:g} &rarr; <b>{r['suggested']:g}</b> "
+                        f"(accuracy {r['accuracy_current']:.2f} &rarr; "
+                        f"{r['accuracy_suggested']:.2f}) <a href='try:{r['parameter']}'>Try</a></p>")
+        if suggested or info["what_if"]:
+            body.append("<p><a href='save:'>Save suggestions</a>" + (" (with the what-if's "
+                        "changes)" if info["what_if"] else "") + "</p>")
+        needed = labels_needed(rows, min_units)
+        if not suggested:
+            body.append("<p>none" + (": too few labels for some thresholds" if needed else
+                                     ": the thresholds fit your labels") + "</p>")
+        others = [r for r in rows if r["status"] not in ("suggested", "too few labels")]
+        if others:
+            body.append("<p style='color:#999'>" + "; ".join(
+                f"{r['parameter']} {_esc(r['status'])}" for r in others) + "</p>")
+        if needed:
+            body.append(f"<p style='color:#999'>too few labels (each threshold needs {min_units} "
+                        f"on both sides): " + "; ".join(_esc(t) for t in needed) + "</p>")
+    return _html_page("".join(body))
+
+
+class _ConcordanceLogic:
+    """The plugin's *Bombcell vs my labels* view and actions (a part of _PluginLogic)."""
+
+    def _init_concordance(self):
+        self.concordance_views = []
+        self.concordance_info = None  # concordance() of the labels now
+        self.suggestions = None  # suggest() rows of the labels now (None while computing)
+        self._concordance_generation = 0
+        self._suggest_worker = None
+        # bombcell's min_units_per_class: labelled units needed on each side of a threshold
+        self.suggest_min_units = SUGGEST_DEFAULTS["min_units_per_class"]
+
+    def _register_concordance_view(self, controller):
+        controller.view_creator[CONCORDANCE_VIEW_NAME] = self._create_concordance_view
+
+    def _create_concordance_view(self):
+        _define_phy_classes()
+        return sys.modules[__name__].BombcellConcordanceView(self)
+
+    def _create_concordance_actions(self, actions):
+        actions.separator()
+        actions.add(self._action_concordance, name="bombcell vs my labels", alias="bcvs")
+        actions.add(self._action_try_suggestion, name="try a suggested threshold", alias="bctry",
+                    prompt=True, n_args=1,
+                    docstring="What-if with the suggested value of PARAM. Example: `maxRPVviolations`")
+        actions.add(self._action_save_suggestions, name="save the suggested thresholds",
+                    alias="bcsug")
+
+    @_guarded("Bombcell vs my labels")
+    def _action_concordance(self):
+        """The curator's labels against bombcell's: disagreements and suggested thresholds."""
+        self._show_dock(CONCORDANCE_VIEW_NAME)
+
+    @_guarded("the :bctry snippet")
+    def _action_try_suggestion(self, param):
+        """What-if with a suggested threshold.  Example: `maxRPVviolations`"""
+        self.try_suggestion(str(param))
+
+    @_guarded("Save suggested thresholds")
+    def _action_save_suggestions(self):
+        """Write the suggested thresholds as JSON for bombcell's own run."""
+        self.save_suggestions()
+
+    def _connect_concordance(self, supervisor):
+        self._connect(self._on_cluster_for_concordance, "cluster", supervisor)
+
+    @_guarded("following your labels")
+    def _on_cluster_for_concordance(self, sender, up):
+        if self.concordance_views:
+            self.schedule_concordance()
+
+    def schedule_concordance(self):
+        """Recompute after CONCORDANCE_DEBOUNCE_MS, once for a burst of label changes."""
+        from phy.gui.qt import QTimer
+        self._concordance_generation += 1
+        generation = self._concordance_generation
+        QTimer.singleShot(CONCORDANCE_DEBOUNCE_MS,
+                          lambda: generation == self._concordance_generation
+                          and self.update_concordance())
+
+    @_guarded("comparing your labels with bombcell's")
+    def update_concordance(self):
+        """The concordance now; the suggestions in a worker thread (see the section comment)."""
+        result = self.shown_classification()
+        if result is None or self.controller is None:
+            self.concordance_info, self.suggestions = None, None
+            self._redraw_concordance_views()
+            return
+        labels = _curator_groups(self.controller.supervisor)
+        self.concordance_info = concordance(result, labels)
+        if result.route != "bombcell":  # suggest re-runs bombcell's rule table (see suggest)
+            self.suggestions = []
+            self._redraw_concordance_views()
+            return
+        self.suggestions = None
+        self._concordance_generation += 1
+        generation = self._concordance_generation
+        import concurrent.futures
+        if self._suggest_worker is None:
+            self._suggest_worker = concurrent.futures.ThreadPoolExecutor(1)
+        future = self._suggest_worker.submit(suggest, result, labels, self.suggest_min_units)
+        self._redraw_concordance_views(computing=True)
+        self._poll_suggestions(future, generation)
+
+    @_guarded("suggesting thresholds")
+    def _poll_suggestions(self, future, generation):
+        from phy.gui.qt import QTimer
+        if generation != self._concordance_generation:
+            return  # newer labels: their own computation will show
+        if not future.done():
+            QTimer.singleShot(50, lambda: self._poll_suggestions(future, generation))
+            return
+        try:
+            self.suggestions = future.result()
+        except Exception as e:
+            _report_exception("suggesting thresholds", e, self.gui)
+            self.suggestions = []
+        self._redraw_concordance_views()
+
+    def _redraw_concordance_views(self, computing=False):
+        for view in list(self.concordance_views):
+            view.show_info(self.concordance_info, self.suggestions, computing,
+                           self.suggest_min_units)
+
+    def try_suggestion(self, param):
+        """The suggestion for ``param`` as a what-if (:bcset), so the view shows who moves."""
+        value = suggested_changes(self.suggestions or []).get(param)
+        if value is None:
+            self.say(f"bombcell vs my labels: no suggested value for {param}", logging.WARNING)
+            return None
+        return self.set_whatif({param: value})
+
+    def save_suggestions(self, path=None):
+        """The what-if's changes (a tried suggestion among them) and the thresholds still
+        suggested on top of it, with the what-if's writer."""
+        changes = dict(self.whatif_changes, **suggested_changes(self.suggestions or []))
+        if not changes:
+            self.say("bombcell vs my labels: no suggested threshold to save", logging.WARNING)
+            return None
+        path = write_params_file(path or self.dataset_dir / SUGGEST_PARAMS_NAME, changes)
+        self.say(f"suggested parameters written to {path}: param.update(json.load(open(...))) "
+                 f"before bombcell.run_bombcell")
+        return path
+
+    def _close_concordance(self):
+        self._concordance_generation += 1  # pending timers and results: dropped
+        self.concordance_views = []
+        if self._suggest_worker is not None:
+            self._suggest_worker.shutdown(wait=False)
+            self._suggest_worker = None
 
 
 # -- HTML (QTextBrowser's rich-text subset: tables, inline styles, a document stylesheet) --------
@@ -3328,7 +3947,7 @@ SHOW_CRITERIA_SHORTCUT = "ctrl+alt+b"
 # -- the plugin -------------------------------------------------------------------------------
 
 
-class _PluginLogic(_WhatIfLogic):
+class _PluginLogic(_WhatIfLogic, _ConcordanceLogic):
     """Everything ``BombcellReasonPlugin`` does; the phy class adds only ``IPlugin`` (phy is
     imported lazily, see ``_define_phy_classes``)."""
 
@@ -3345,6 +3964,7 @@ class _PluginLogic(_WhatIfLogic):
         self._reason_failed = False
         self.book = ReasonBook(error="bombcell reasons not loaded yet")
         self._init_whatif()
+        self._init_concordance()
         try:
             self._connect(self._on_controller_ready, "controller_ready", controller)
             self._connect(self._on_gui_ready, "gui_ready", controller)
@@ -3380,6 +4000,7 @@ class _PluginLogic(_WhatIfLogic):
         # copies its own default state.json, whose view_count would ignore default_views).
         controller.view_creator[VIEW_NAME] = self._create_view
         self._register_whatif_views(controller)
+        self._register_concordance_view(controller)
 
     def _load_book(self, previous=None):
         book = ReasonBook.load(self.dataset_dir, previous=previous)
@@ -3429,6 +4050,7 @@ class _PluginLogic(_WhatIfLogic):
         supervisor.columns[:] = [c for c in supervisor.columns
                                  if c not in metrics or c in self.shown_raw_metrics]
         self._connect(self._on_cluster, "cluster", supervisor)
+        self._connect_concordance(supervisor)
         self._connect(self._on_save_clustering, "save_clustering", supervisor)
         self._connect(self._on_table_pre_build, "pre_build", None)  # every table (phy 2.0)
         self._write_tsv_if_stale()
@@ -3517,6 +4139,7 @@ class _PluginLogic(_WhatIfLogic):
         from phylib.utils import unconnect
         unconnect(self._on_gui_close, self._on_table_pre_build)
         self._stop_sizing()
+        self._close_concordance()
         if self.view is not None:
             self.view.detach()
 
@@ -3680,6 +4303,7 @@ class _PluginLogic(_WhatIfLogic):
                                   f"cluster_{metric}.tsv)")
             actions.get(name).setText(metric)
         self._create_whatif_actions(actions)
+        self._create_concordance_actions(actions)
 
     @_guarded("Show criteria of selected cluster")
     def _action_show_criteria(self):
@@ -4212,6 +4836,81 @@ def _define_whatif_classes(module):
     module._BombcellRun = _BombcellRun
 
 
+def _define_concordance_classes(module):
+    """The phy/Qt class of *Bombcell vs my labels*: ``BombcellConcordanceView`` (a QTextBrowser,
+    links handled by ``anchorClicked``)."""
+    from PyQt5.QtWidgets import QTextBrowser
+
+    class BombcellConcordanceView(QTextBrowser):
+        """The curator's labels against bombcell's: agreement, disagreements (click to select),
+        suggested thresholds (Try: a what-if; Save suggestions)."""
+
+        def __init__(self, plugin):
+            super().__init__()
+            self.plugin = plugin
+            self.setReadOnly(True)
+            self.setOpenLinks(False)  # links are handled here, never followed
+            self.setStyleSheet("QTextBrowser { background-color: black; color: #ddd; border: 0; }")
+            self.document().setDefaultStyleSheet("a { color: #8cf; }")  # readable on black
+            self.anchorClicked.connect(self.on_link)
+
+        # Small hints, as the reason view's: a second right dock must not push phy's window
+        # past a 1920 px screen; the HTML wraps to whatever width the dock gets.
+        def sizeHint(self):
+            from PyQt5.QtCore import QSize
+            return QSize(FIRST_OPEN_WIDTHS[1], 400)
+
+        def minimumSizeHint(self):
+            from PyQt5.QtCore import QSize
+            return QSize(120, 80)
+
+        def attach(self, gui):
+            gui.add_view(self, position="right")
+            # A tab beside the reason view: a new column of docks would push phy's window past
+            # a 1920 px screen (each dock's title bar has a minimum width).
+            reason_docks = [getattr(v, "dock", None) for v in gui.list_views(VIEW_NAME)]
+            dock = getattr(self, "dock", None)
+            if reason_docks and reason_docks[0] is not None and dock is not None:
+                gui.tabifyDockWidget(reason_docks[0], dock)
+                dock.show()
+                dock.raise_()
+            from phylib.utils import connect
+            connect(self.on_close_view, event="close_view", sender=self)
+            self.plugin.concordance_views.append(self)
+            self.plugin.update_concordance()
+
+        def show_info(self, info, rows, computing=False, min_units=20):
+            if info is None:
+                self.setHtml(_html_page(f"<p>{_esc(self.plugin.summary())}</p>"))
+                return
+            self.setHtml(concordance_html(info, rows, computing, min_units))
+            dock = getattr(self, "dock", None)
+            if dock is not None:
+                dock.set_status(f"{info['n_agree']}/{info['n_labelled']} agree")
+
+        def on_link(self, url):
+            kind, _, value = url.toString().partition(":")
+            try:
+                if kind == "cluster":
+                    self.plugin.controller.supervisor.select([int(value)])
+                elif kind == "try":
+                    self.plugin.try_suggestion(value)
+                elif kind == "save":
+                    self.plugin.save_suggestions()
+                elif kind == "reset":
+                    self.plugin.reset_whatif()
+            except Exception as e:
+                _report_exception("the Bombcell vs my labels view", e, self.plugin.gui)
+
+        def on_close_view(self, view, gui):
+            from phylib.utils import unconnect
+            unconnect(self.on_close_view)
+            if self in self.plugin.concordance_views:
+                self.plugin.concordance_views.remove(self)
+
+    module.BombcellConcordanceView = BombcellConcordanceView
+
+
 def _define_phy_classes():
     """Create (once) the classes that need phy and Qt, register the plugin with phy, and return
     ``(BombcellReasonPlugin, BombcellReasonView, ReasonTooltip, FirstOpenSizer)``."""
@@ -4324,6 +5023,7 @@ def _define_phy_classes():
     module.BombcellReasonPlugin = BombcellReasonPlugin
     module.BombcellReasonView = BombcellReasonView
     _define_whatif_classes(module)
+    _define_concordance_classes(module)
     module.ReasonTooltip = ReasonTooltip
     module._PHY_CLASSES = (BombcellReasonPlugin, BombcellReasonView, ReasonTooltip, FirstOpenSizer)
     return module._PHY_CLASSES

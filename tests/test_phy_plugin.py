@@ -354,7 +354,10 @@ def test_show_criteria_action_and_bc_snippet(phy, dataset):
                      # issue 10: what-if, summary, metric view, re-run (tests/test_whatif_phy.py)
                      "What-if: set a parameter", "What-if: back to the saved parameters",
                      "What-if: save the changed parameters", "Bombcell summary",
-                     "Bombcell metric view", "Re-run bombcell", "Cancel the bombcell re-run"]
+                     "Bombcell metric view", "Re-run bombcell", "Cancel the bombcell re-run",
+                     # issue 12: your labels against bombcell's (tests/test_concordance_phy.py)
+                     "Bombcell vs my labels", "Try a suggested threshold",
+                     "Save the suggested thresholds"]
 
 
 def _shortcut_owners(gui):

@@ -4623,6 +4623,29 @@ def _snippet_value(value):
     return value
 
 
+def _init_text_view(view, plugin):
+    """What the plugin's text dock views (QTextBrowser) share: black like phy's views,
+    read-only, links handled by the view rather than followed."""
+    view.plugin = plugin
+    view.setReadOnly(True)
+    view.setOpenLinks(False)
+    view.setStyleSheet("QTextBrowser { background-color: black; color: #ddd; border: 0; }")
+
+
+class _NarrowDockHints:
+    """Size hints for a text dock view (mixed in before QTextBrowser): about what the reason
+    view gets in phy's default layout at 1920x1080 (FIRST_OPEN_WIDTHS).  The HTML fits or wraps
+    to it, so a dock neither grows on new content nor pushes the window past the screen."""
+
+    def sizeHint(self):
+        from PyQt5.QtCore import QSize
+        return QSize(FIRST_OPEN_WIDTHS[1], 400)
+
+    def minimumSizeHint(self):
+        from PyQt5.QtCore import QSize
+        return QSize(120, 80)
+
+
 def _define_whatif_classes(module):
     """The phy/Qt classes of the what-if, summary and re-run features (called by
     _define_phy_classes): ``BombcellMetricView``, ``BombcellSummaryView``, ``_BombcellRun``."""
@@ -4750,10 +4773,8 @@ def _define_whatif_classes(module):
 
         def __init__(self, plugin):
             super().__init__()
-            self.plugin = plugin
-            self.setReadOnly(True)
+            _init_text_view(self, plugin)
             self.setLineWrapMode(QTextBrowser.NoWrap)
-            self.setStyleSheet("QTextBrowser { background-color: black; color: #ddd; border: 0; }")
 
         def attach(self, gui):
             gui.add_view(self, position="right")
@@ -4841,28 +4862,15 @@ def _define_concordance_classes(module):
     links handled by ``anchorClicked``)."""
     from PyQt5.QtWidgets import QTextBrowser
 
-    class BombcellConcordanceView(QTextBrowser):
+    class BombcellConcordanceView(_NarrowDockHints, QTextBrowser):
         """The curator's labels against bombcell's: agreement, disagreements (click to select),
         suggested thresholds (Try: a what-if; Save suggestions)."""
 
         def __init__(self, plugin):
             super().__init__()
-            self.plugin = plugin
-            self.setReadOnly(True)
-            self.setOpenLinks(False)  # links are handled here, never followed
-            self.setStyleSheet("QTextBrowser { background-color: black; color: #ddd; border: 0; }")
+            _init_text_view(self, plugin)  # links are handled here (on_link), never followed
             self.document().setDefaultStyleSheet("a { color: #8cf; }")  # readable on black
             self.anchorClicked.connect(self.on_link)
-
-        # Small hints, as the reason view's: a second right dock must not push phy's window
-        # past a 1920 px screen; the HTML wraps to whatever width the dock gets.
-        def sizeHint(self):
-            from PyQt5.QtCore import QSize
-            return QSize(FIRST_OPEN_WIDTHS[1], 400)
-
-        def minimumSizeHint(self):
-            from PyQt5.QtCore import QSize
-            return QSize(120, 80)
 
         def attach(self, gui):
             gui.add_view(self, position="right")
@@ -4921,7 +4929,7 @@ def _define_phy_classes():
 
     from phy import IPlugin
     from phylib.utils import connect, unconnect
-    from PyQt5.QtCore import QEvent, QObject, QSize, QTimer
+    from PyQt5.QtCore import QEvent, QObject, QTimer
     from PyQt5.QtWidgets import QTextBrowser, QToolTip
 
     class BombcellReasonPlugin(_PluginLogic, IPlugin):
@@ -4968,25 +4976,13 @@ def _define_phy_classes():
                 return True
             return False
 
-    class BombcellReasonView(QTextBrowser):
+    class BombcellReasonView(_NarrowDockHints, QTextBrowser):
         """Dock view: label, bombcell's own label, reason and every criterion of the selection."""
 
         def __init__(self, plugin):
             super().__init__()
-            self.plugin = plugin
-            self.setOpenLinks(False)
-            self.setReadOnly(True)
-            self.setStyleSheet("QTextBrowser { background-color: black; color: #ddd; border: 0; }")
+            _init_text_view(self, plugin)
             self._supervisor = None
-
-        def sizeHint(self):
-            # About what the view gets in phy's default layout at 1920x1080 (see
-            # FIRST_OPEN_WIDTHS); the HTML fits it, so the dock neither grows on a selection
-            # nor pushes the window past the screen.
-            return QSize(FIRST_OPEN_WIDTHS[1], 400)
-
-        def minimumSizeHint(self):
-            return QSize(120, 80)
 
         def attach(self, gui):
             gui.add_view(self, position="right")

@@ -1850,19 +1850,7 @@ def write_params_file(path, changes):
     # json writes inf as Infinity, which Python's json reads back as float("inf")
     text = json.dumps({k: bool(v) if isinstance(v, (bool, np.bool_)) else float(v)
                        for k, v in changes.items()}, indent=1) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return path
+    return write_atomically(path, lambda f: f.write(text))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -2337,13 +2325,23 @@ def write_reason_tsv(dataset_dir, reasons, path=None, column=COLUMN):
     what-if exports.)"""
     import csv
     path = dataset_path(dataset_dir) / TSV_NAME if path is None else Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{TSV_NAME}.", suffix=".tmp", dir=path.parent)
+
+    def write(f):
+        writer = csv.writer(f, delimiter="\t", lineterminator="\n")
+        writer.writerow(["cluster_id", column])
+        for cluster_id in sorted(reasons):
+            writer.writerow([int(cluster_id), _tsv_safe(reasons[cluster_id])])
+    return write_atomically(path, write, newline="", encoding="ascii")
+
+
+def write_atomically(path, write, newline=None, encoding="utf-8"):
+    """Write ``path`` through ``write(file)`` into a temporary file in the same folder, flushed
+    to disk, then renamed over ``path``: a reader never sees half a file, and a failed write
+    leaves the previous file as it was (the temporary file is removed).  Returns the path."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", newline="", encoding="ascii") as f:
-            writer = csv.writer(f, delimiter="\t", lineterminator="\n")
-            writer.writerow(["cluster_id", column])
-            for cluster_id in sorted(reasons):
-                writer.writerow([int(cluster_id), _tsv_safe(reasons[cluster_id])])
+        with os.fdopen(fd, "w", newline=newline, encoding=encoding) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)

@@ -728,3 +728,54 @@ def test_flags_bombcell_cannot_read_are_named():
     with pytest.raises(pr.BombcellReasonError) as error:
         pr._truth({"extractRaw": np.array([1, 2])}, "extractRaw")
     assert str(error.value).startswith("flag extractRaw = array([1, 2]) has no truth value")
+
+
+def test_partial_shape_route_gets_bombcell_s_ratio_defaults():
+    """check_parameter_fields fills a partly saved shape route with its current defaults:
+    minTroughToPeak2Ratio_nonSomatic 5 and maxPeak1ToPeak2Ratio_nonSomatic 3."""
+    saved = {k: v for k, v in DEFAULTS.items()
+             if k not in ("minTroughToPeak2Ratio_nonSomatic", "maxPeak1ToPeak2Ratio_nonSomatic")}
+    params, notes = pr.complete_params(saved)
+    assert params["minTroughToPeak2Ratio_nonSomatic"] == 5
+    assert params["maxPeak1ToPeak2Ratio_nonSomatic"] == 3
+    assert not any("shape route is switched off" in n for n in notes)
+
+
+def test_missing_parameters_are_listed_with_their_spaced_keys():
+    """Two missing parameters are named, comma-separated, and the keys saved with stray spaces
+    are quoted as saved."""
+    params = {(k + " " if k in ("maxRPVviolations", "minSNR") else k): v for k, v in DEFAULTS.items()}
+    with pytest.raises(pr.BombcellReasonError) as error:
+        pr.complete_params(params, "p.parquet")
+    message = str(error.value)
+    names = [k for k in pr.CLASSIFICATION_PARAMS if k in ("maxRPVviolations", "minSNR")]
+    assert message.startswith(f"p.parquet: parameter {', '.join(names)} missing and bombcell")
+    assert f"(saved as {', '.join(repr(k + ' ') for k in names)}: bombcell does not read" in message
+    # a parameter simply not saved: no word about stray spaces
+    with pytest.raises(pr.BombcellReasonError) as error:
+        pr.complete_params({k: v for k, v in DEFAULTS.items() if k != "minSNR"}, "p.parquet")
+    assert str(error.value) == ("p.parquet: parameter minSNR missing and bombcell has no default "
+                                "for it; re-run bombcell >= 0.94 on this dataset")
+
+
+def test_back_compatibility_notes_name_the_filled_values():
+    """The note lists each filled parameter with its value, in one comma-separated line; it says
+    "older" unless the run also saved names bombcell 0.94 never writes (a newer run)."""
+    saved = {k: v for k, v in DEFAULTS.items() if k not in ("extractRaw", "computeDrift")}
+    _, notes = pr.complete_params(saved)
+    assert notes == ["parameters missing from this older bombcell run were filled with bombcell's "
+                     "back-compatibility defaults: extractRaw=True, computeDrift=False"]
+    _, notes = pr.complete_params(dict(saved, someNewerParameter=1))
+    assert notes == ["parameters missing from this bombcell run were filled with bombcell's "
+                     "back-compatibility defaults: extractRaw=True, computeDrift=False"]
+    shape_off = {k: v for k, v in DEFAULTS.items() if k not in pr.SHAPE_ROUTE_PARAMS}
+    _, notes = pr.complete_params(shape_off)
+    assert notes[-1] == ("the non-somatic shape route is switched off: this bombcell run "
+                         "predates it")
+
+
+def test_spaced_duplicates_of_read_parameters_are_noted():
+    """A key with stray spaces beside the real one ("minSNR " and minSNR) is ignored, as bombcell
+    ignores it, and the note says so; a spaced key bombcell never reads is not mentioned."""
+    _, notes = pr.complete_params(dict(DEFAULTS, **{"minSNR ": 99, " myLabNote": "x"}))
+    assert notes == ["key(s) with stray spaces ignored, as bombcell ignores them: 'minSNR '"]

@@ -777,5 +777,19 @@ def test_back_compatibility_notes_name_the_filled_values():
 def test_spaced_duplicates_of_read_parameters_are_noted():
     """A key with stray spaces beside the real one ("minSNR " and minSNR) is ignored, as bombcell
     ignores it, and the note says so; a spaced key bombcell never reads is not mentioned."""
-    _, notes = pr.complete_params(dict(DEFAULTS, **{"minSNR ": 99, " myLabNote": "x"}))
-    assert notes == ["key(s) with stray spaces ignored, as bombcell ignores them: 'minSNR '"]
+    _, notes = pr.complete_params(dict(DEFAULTS, **{"minSNR ": 99, " myLabNote": "x",
+                                                    "extractRaw ": False}))
+    assert notes == ["key(s) with stray spaces ignored, as bombcell ignores them: "
+                     "'minSNR ', 'extractRaw '"]
+
+
+def test_threshold_value_reads_a_rule_that_is_on_by_default():
+    """Called without `enabled`, the rule counts as on: text is an error naming the parameter,
+    not a NaN."""
+    assert pr.threshold_value({"minSNR": 5}, "minSNR") == 5.0
+    with pytest.raises(pr.BombcellReasonError, match=r"^threshold minSNR = 'five' is not a number"):
+        pr.threshold_value({"minSNR": "five"}, "minSNR")
+    assert np.isnan(pr.threshold_value({"minSNR": "five"}, "minSNR", enabled=False))
+    with pytest.raises(pr.BombcellReasonError) as error:  # an empty cell of the CSV twin
+        pr.threshold_value({"minSNR": pr.EMPTY_CSV_CELL}, "minSNR")
+    assert str(error.value).startswith("parameter minSNR is empty in bombcell's CSV twin")

@@ -793,3 +793,26 @@ def test_threshold_value_reads_a_rule_that_is_on_by_default():
     with pytest.raises(pr.BombcellReasonError) as error:  # an empty cell of the CSV twin
         pr.threshold_value({"minSNR": pr.EMPTY_CSV_CELL}, "minSNR")
     assert str(error.value).startswith("parameter minSNR is empty in bombcell's CSV twin")
+
+
+def test_unit_notes_list_several_criteria_and_skip_the_nan_peak_test_for_inf():
+    """Written from bombcell's rules: an inf nPeaks is not NaN (the isnan test passes, no note
+    for it) but exceeds maxNPeaks; lists of criteria are comma-separated."""
+    params = pr.complete_params(DEFAULTS)[0]
+    result = pr.Classification(params, _one_unit(nPeaks=np.inf), [7])
+    assert result.unit_notes(0) == [
+        "nPeaks is inf: bombcell does not clean inf, so it fails nPeaks>maxNPeaks"]
+    result = pr.Classification(params, _one_unit(nTroughs=3, presenceRatio=0.1,
+                                                 fractionRPVs_estimatedTauR=0.5), [7])
+    assert result.label[0] == "NOISE"
+    assert result.unit_notes(0) == [
+        "also fails, without deciding the label: fractionRPVs_estimatedTauR>maxRPVviolations "
+        "(0.5 > 0.1), presenceRatio<minPresenceRatio (0.1 < 0.7) (NOISE takes precedence over MUA)"]
+    # every metric NaN but the peak/trough counts: the MUA tests with NaN values pass
+    # (signalToNoiseRatio is skipped where rawAmplitude is NaN; drift and distance metrics are off)
+    result = pr.Classification(params, _one_unit(signalToNoiseRatio=1.0), [7])
+    assert result.label[0] == "GOOD"
+    assert ("NaN values pass these MUA tests, as in bombcell: "
+            "percentageSpikesMissing_gaussian>maxPercSpikesMissing, "
+            "fractionRPVs_estimatedTauR>maxRPVviolations, presenceRatio<minPresenceRatio, "
+            "rawAmplitude<minAmplitude") in result.unit_notes(0)

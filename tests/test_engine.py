@@ -816,3 +816,45 @@ def test_unit_notes_list_several_criteria_and_skip_the_nan_peak_test_for_inf():
             "percentageSpikesMissing_gaussian>maxPercSpikesMissing, "
             "fractionRPVs_estimatedTauR>maxRPVviolations, presenceRatio<minPresenceRatio, "
             "rawAmplitude<minAmplitude") in result.unit_notes(0)
+
+
+def _rewrite_metrics_df(folder, change):
+    """bombcell's metrics parquet through pandas after ``change(frame)``; its CSV twin dropped."""
+    path = folder / "bombcell" / pr.METRICS_FILE
+    frame = pd.read_parquet(path)
+    change(frame).to_parquet(path)
+    path.with_suffix(".csv").unlink(missing_ok=True)
+    return path
+
+
+def test_cluster_ids_without_and_with_bad_phy_clusterID(tmp_path):
+    """bombcell's load_bc_results numbers units 0..n-1 without phy_clusterID; empty or repeated
+    ids are refused in one line naming the file."""
+    write_results(tmp_path, n_units=6, seed=2, cluster_ids=[3, 5, 8, 13, 21, 34])
+    result = pr.classify_dataset(tmp_path)
+    assert result.cluster_ids.tolist() == [3, 5, 8, 13, 21, 34]
+    assert result.cluster_ids.dtype.kind == "i"
+    path = _rewrite_metrics_df(tmp_path, lambda f: f.drop(columns=["phy_clusterID"]))
+    result = pr.classify_dataset(tmp_path)
+    assert result.cluster_ids.tolist() == [0, 1, 2, 3, 4, 5]
+    assert (f"no phy_clusterID column in {pr.METRICS_FILE}: units are taken as clusters 0..5, "
+            f"as bombcell's load_bc_results does") in result.notes
+    _rewrite_metrics_df(tmp_path, lambda f: f.assign(phy_clusterID=[0, 1, 2, 2, 4, 5]))
+    with pytest.raises(pr.BombcellReasonError) as error:
+        pr.classify_dataset(tmp_path)
+    assert str(error.value) == f"{path}: phy_clusterID has duplicate ids; re-run bombcell"
+    _rewrite_metrics_df(tmp_path, lambda f: f.assign(phy_clusterID=[0, 1, np.nan, 3, 4, 5]))
+    with pytest.raises(pr.BombcellReasonError) as error:
+        pr.classify_dataset(tmp_path)
+    assert str(error.value) == f"{path}: phy_clusterID has empty values; re-run bombcell"
+
+
+def test_flags_bombcell_cannot_combine_name_the_parameters_file(tmp_path):
+    write_results(tmp_path, n_units=5, seed=2)
+    params_file = tmp_path / "bombcell" / pr.PARAMS_FILE
+    pd.DataFrame([dict(DEFAULTS, computeSpatialDecay=2.5)]).to_parquet(params_file)
+    params_file.with_suffix(".csv").unlink(missing_ok=True)
+    with pytest.raises(pr.BombcellReasonError) as error:
+        pr.classify_dataset(tmp_path)
+    assert str(error.value).startswith(
+        f"{tmp_path / 'bombcell' / pr.PARAMS_FILE}: computeSpatialDecay = 2.5 and spDecayLinFit")

@@ -858,3 +858,27 @@ def test_flags_bombcell_cannot_combine_name_the_parameters_file(tmp_path):
         pr.classify_dataset(tmp_path)
     assert str(error.value).startswith(
         f"{tmp_path / 'bombcell' / pr.PARAMS_FILE}: computeSpatialDecay = 2.5 and spDecayLinFit")
+
+
+def test_source_time_counts_bombcell_s_csv_twins(tmp_path):
+    """The results' time (against which the plugin calls a written TSV stale) is the newest of
+    the parquet files and their CSV twins, which phy environments without pyarrow read."""
+    write_results(tmp_path, n_units=5, seed=2)
+    folder = tmp_path / "bombcell"
+    newest = max(p.stat().st_mtime for p in folder.iterdir())
+    for offset, name in ((100, pr.PARAMS_FILE), (200, pr.METRICS_FILE)):
+        twin = (folder / name).with_suffix(".csv")
+        assert twin.is_file()
+        os.utime(twin, (newest + offset, newest + offset))
+        assert pr.classify_dataset(tmp_path).source_mtime == newest + offset
+
+
+def test_metrics_with_n_peaks_beside_nPeaks_are_not_old(tmp_path):
+    """Only a table without nPeaks is bombcell <= 0.31's; a stray snake_case column beside
+    bombcell 0.94's names is an unknown column (the newer-version note), not a refusal."""
+    write_results(tmp_path, n_units=5, seed=2)
+    expected = pr.classify_dataset(tmp_path).label.tolist()
+    _rewrite_metrics_df(tmp_path, lambda f: f.assign(n_peaks=f["nPeaks"]))
+    result = pr.classify_dataset(tmp_path)
+    assert result.label.tolist() == expected
+    assert any("unknown parameters/metrics n_peaks" in n for n in result.notes)

@@ -858,6 +858,11 @@ def test_flags_bombcell_cannot_combine_name_the_parameters_file(tmp_path):
         pr.classify_dataset(tmp_path)
     assert str(error.value).startswith(
         f"{tmp_path / 'bombcell' / pr.PARAMS_FILE}: computeSpatialDecay = 2.5 and spDecayLinFit")
+    # a threshold bombcell cannot compare, found while classifying: the same file named
+    pd.DataFrame([dict(DEFAULTS, minSNR="five")]).to_parquet(params_file)
+    with pytest.raises(pr.BombcellReasonError) as error:
+        pr.classify_dataset(tmp_path)
+    assert str(error.value).startswith(f"{params_file}: threshold minSNR = 'five' is not a number")
 
 
 def test_source_time_counts_bombcell_s_csv_twins(tmp_path):

@@ -728,3 +728,162 @@ def test_flags_bombcell_cannot_read_are_named():
     with pytest.raises(pr.BombcellReasonError) as error:
         pr._truth({"extractRaw": np.array([1, 2])}, "extractRaw")
     assert str(error.value).startswith("flag extractRaw = array([1, 2]) has no truth value")
+
+
+def test_partial_shape_route_gets_bombcell_s_ratio_defaults():
+    """check_parameter_fields fills a partly saved shape route with its current defaults:
+    minTroughToPeak2Ratio_nonSomatic 5 and maxPeak1ToPeak2Ratio_nonSomatic 3."""
+    saved = {k: v for k, v in DEFAULTS.items()
+             if k not in ("minTroughToPeak2Ratio_nonSomatic", "maxPeak1ToPeak2Ratio_nonSomatic")}
+    params, notes = pr.complete_params(saved)
+    assert params["minTroughToPeak2Ratio_nonSomatic"] == 5
+    assert params["maxPeak1ToPeak2Ratio_nonSomatic"] == 3
+    assert not any("shape route is switched off" in n for n in notes)
+
+
+def test_missing_parameters_are_listed_with_their_spaced_keys():
+    """Two missing parameters are named, comma-separated, and the keys saved with stray spaces
+    are quoted as saved."""
+    params = {(k + " " if k in ("maxRPVviolations", "minSNR") else k): v for k, v in DEFAULTS.items()}
+    with pytest.raises(pr.BombcellReasonError) as error:
+        pr.complete_params(params, "p.parquet")
+    message = str(error.value)
+    names = [k for k in pr.CLASSIFICATION_PARAMS if k in ("maxRPVviolations", "minSNR")]
+    assert message.startswith(f"p.parquet: parameter {', '.join(names)} missing and bombcell")
+    assert f"(saved as {', '.join(repr(k + ' ') for k in names)}: bombcell does not read" in message
+    # a parameter simply not saved: no word about stray spaces
+    with pytest.raises(pr.BombcellReasonError) as error:
+        pr.complete_params({k: v for k, v in DEFAULTS.items() if k != "minSNR"}, "p.parquet")
+    assert str(error.value) == ("p.parquet: parameter minSNR missing and bombcell has no default "
+                                "for it; re-run bombcell >= 0.94 on this dataset")
+
+
+def test_back_compatibility_notes_name_the_filled_values():
+    """The note lists each filled parameter with its value, in one comma-separated line; it says
+    "older" unless the run also saved names bombcell 0.94 never writes (a newer run)."""
+    saved = {k: v for k, v in DEFAULTS.items() if k not in ("extractRaw", "computeDrift")}
+    _, notes = pr.complete_params(saved)
+    assert notes == ["parameters missing from this older bombcell run were filled with bombcell's "
+                     "back-compatibility defaults: extractRaw=True, computeDrift=False"]
+    _, notes = pr.complete_params(dict(saved, someNewerParameter=1))
+    assert notes == ["parameters missing from this bombcell run were filled with bombcell's "
+                     "back-compatibility defaults: extractRaw=True, computeDrift=False"]
+    shape_off = {k: v for k, v in DEFAULTS.items() if k not in pr.SHAPE_ROUTE_PARAMS}
+    _, notes = pr.complete_params(shape_off)
+    assert notes[-1] == ("the non-somatic shape route is switched off: this bombcell run "
+                         "predates it")
+
+
+def test_spaced_duplicates_of_read_parameters_are_noted():
+    """A key with stray spaces beside the real one ("minSNR " and minSNR) is ignored, as bombcell
+    ignores it, and the note says so; a spaced key bombcell never reads is not mentioned."""
+    _, notes = pr.complete_params(dict(DEFAULTS, **{"minSNR ": 99, " myLabNote": "x",
+                                                    "extractRaw ": False}))
+    assert notes == ["key(s) with stray spaces ignored, as bombcell ignores them: "
+                     "'minSNR ', 'extractRaw '"]
+
+
+def test_threshold_value_reads_a_rule_that_is_on_by_default():
+    """Called without `enabled`, the rule counts as on: text is an error naming the parameter,
+    not a NaN."""
+    assert pr.threshold_value({"minSNR": 5}, "minSNR") == 5.0
+    with pytest.raises(pr.BombcellReasonError, match=r"^threshold minSNR = 'five' is not a number"):
+        pr.threshold_value({"minSNR": "five"}, "minSNR")
+    assert np.isnan(pr.threshold_value({"minSNR": "five"}, "minSNR", enabled=False))
+    with pytest.raises(pr.BombcellReasonError) as error:  # an empty cell of the CSV twin
+        pr.threshold_value({"minSNR": pr.EMPTY_CSV_CELL}, "minSNR")
+    assert str(error.value).startswith("parameter minSNR is empty in bombcell's CSV twin")
+
+
+def test_unit_notes_list_several_criteria_and_skip_the_nan_peak_test_for_inf():
+    """Written from bombcell's rules: an inf nPeaks is not NaN (the isnan test passes, no note
+    for it) but exceeds maxNPeaks; lists of criteria are comma-separated."""
+    params = pr.complete_params(DEFAULTS)[0]
+    result = pr.Classification(params, _one_unit(nPeaks=np.inf), [7])
+    assert result.unit_notes(0) == [
+        "nPeaks is inf: bombcell does not clean inf, so it fails nPeaks>maxNPeaks"]
+    result = pr.Classification(params, _one_unit(nTroughs=3, presenceRatio=0.1,
+                                                 fractionRPVs_estimatedTauR=0.5), [7])
+    assert result.label[0] == "NOISE"
+    assert result.unit_notes(0) == [
+        "also fails, without deciding the label: fractionRPVs_estimatedTauR>maxRPVviolations "
+        "(0.5 > 0.1), presenceRatio<minPresenceRatio (0.1 < 0.7) (NOISE takes precedence over MUA)"]
+    # every metric NaN but the peak/trough counts: the MUA tests with NaN values pass
+    # (signalToNoiseRatio is skipped where rawAmplitude is NaN; drift and distance metrics are off)
+    result = pr.Classification(params, _one_unit(signalToNoiseRatio=1.0), [7])
+    assert result.label[0] == "GOOD"
+    assert ("NaN values pass these MUA tests, as in bombcell: "
+            "percentageSpikesMissing_gaussian>maxPercSpikesMissing, "
+            "fractionRPVs_estimatedTauR>maxRPVviolations, presenceRatio<minPresenceRatio, "
+            "rawAmplitude<minAmplitude") in result.unit_notes(0)
+
+
+def _rewrite_metrics_df(folder, change):
+    """bombcell's metrics parquet through pandas after ``change(frame)``; its CSV twin dropped."""
+    path = folder / "bombcell" / pr.METRICS_FILE
+    frame = pd.read_parquet(path)
+    change(frame).to_parquet(path)
+    path.with_suffix(".csv").unlink(missing_ok=True)
+    return path
+
+
+def test_cluster_ids_without_and_with_bad_phy_clusterID(tmp_path):
+    """bombcell's load_bc_results numbers units 0..n-1 without phy_clusterID; empty or repeated
+    ids are refused in one line naming the file."""
+    write_results(tmp_path, n_units=6, seed=2, cluster_ids=[3, 5, 8, 13, 21, 34])
+    result = pr.classify_dataset(tmp_path)
+    assert result.cluster_ids.tolist() == [3, 5, 8, 13, 21, 34]
+    assert result.cluster_ids.dtype.kind == "i"
+    path = _rewrite_metrics_df(tmp_path, lambda f: f.drop(columns=["phy_clusterID"]))
+    result = pr.classify_dataset(tmp_path)
+    assert result.cluster_ids.tolist() == [0, 1, 2, 3, 4, 5]
+    assert (f"no phy_clusterID column in {pr.METRICS_FILE}: units are taken as clusters 0..5, "
+            f"as bombcell's load_bc_results does") in result.notes
+    _rewrite_metrics_df(tmp_path, lambda f: f.assign(phy_clusterID=[0, 1, 2, 2, 4, 5]))
+    with pytest.raises(pr.BombcellReasonError) as error:
+        pr.classify_dataset(tmp_path)
+    assert str(error.value) == f"{path}: phy_clusterID has duplicate ids; re-run bombcell"
+    _rewrite_metrics_df(tmp_path, lambda f: f.assign(phy_clusterID=[0, 1, np.nan, 3, 4, 5]))
+    with pytest.raises(pr.BombcellReasonError) as error:
+        pr.classify_dataset(tmp_path)
+    assert str(error.value) == f"{path}: phy_clusterID has empty values; re-run bombcell"
+
+
+def test_flags_bombcell_cannot_combine_name_the_parameters_file(tmp_path):
+    write_results(tmp_path, n_units=5, seed=2)
+    params_file = tmp_path / "bombcell" / pr.PARAMS_FILE
+    pd.DataFrame([dict(DEFAULTS, computeSpatialDecay=2.5)]).to_parquet(params_file)
+    params_file.with_suffix(".csv").unlink(missing_ok=True)
+    with pytest.raises(pr.BombcellReasonError) as error:
+        pr.classify_dataset(tmp_path)
+    assert str(error.value).startswith(
+        f"{tmp_path / 'bombcell' / pr.PARAMS_FILE}: computeSpatialDecay = 2.5 and spDecayLinFit")
+    # a threshold bombcell cannot compare, found while classifying: the same file named
+    pd.DataFrame([dict(DEFAULTS, minSNR="five")]).to_parquet(params_file)
+    with pytest.raises(pr.BombcellReasonError) as error:
+        pr.classify_dataset(tmp_path)
+    assert str(error.value).startswith(f"{params_file}: threshold minSNR = 'five' is not a number")
+
+
+def test_source_time_counts_bombcell_s_csv_twins(tmp_path):
+    """The results' time (against which the plugin calls a written TSV stale) is the newest of
+    the parquet files and their CSV twins, which phy environments without pyarrow read."""
+    write_results(tmp_path, n_units=5, seed=2)
+    folder = tmp_path / "bombcell"
+    newest = max(p.stat().st_mtime for p in folder.iterdir())
+    for offset, name in ((100, pr.PARAMS_FILE), (200, pr.METRICS_FILE)):
+        twin = (folder / name).with_suffix(".csv")
+        assert twin.is_file()
+        os.utime(twin, (newest + offset, newest + offset))
+        assert pr.classify_dataset(tmp_path).source_mtime == newest + offset
+
+
+def test_metrics_with_n_peaks_beside_nPeaks_are_not_old(tmp_path):
+    """Only a table without nPeaks is bombcell <= 0.31's; a stray snake_case column beside
+    bombcell 0.94's names is an unknown column (the newer-version note), not a refusal."""
+    write_results(tmp_path, n_units=5, seed=2)
+    expected = pr.classify_dataset(tmp_path).label.tolist()
+    _rewrite_metrics_df(tmp_path, lambda f: f.assign(n_peaks=f["nPeaks"]))
+    result = pr.classify_dataset(tmp_path)
+    assert result.label.tolist() == expected
+    assert any("unknown parameters/metrics n_peaks" in n for n in result.notes)
